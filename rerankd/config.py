@@ -1,0 +1,168 @@
+"""Settings: one frozen msgspec object, filled from defaults < config file < ``RERANKD_*`` env < flags.
+
+Nothing here reads the environment at import time; :func:`load_settings` does it when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from rerankd.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ModelConfig",
+    "Settings",
+    "load_settings",
+    "parse_model_spec",
+]
+
+ENV_PREFIX = "RERANKD_"
+
+Format = Literal["auto", "llm-yes-no", "cross-encoder", "bi-encoder"]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class ModelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One served model."""
+
+    name: Annotated[str, Meta(min_length=1, pattern=r"^[^\s,=]+$")]
+    #: A local folder or a hub id (``Qwen/Qwen3-Reranker-0.6B``); hub ids are downloaded once.
+    path: Annotated[str, Meta(min_length=1)]
+    format: Format = "auto"
+    revision: str | None = None
+    #: The instruction used when a request gives none (LLM rerankers only).
+    instruction: str | None = None
+    #: Tokens per scored sequence; longer inputs are truncated. Default: the model's own limit.
+    max_length: PositiveInt | None = None
+    trust_remote_code: bool = False
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every option of ``rerankd serve``. Each is also ``RERANKD_<NAME>`` and a config-file key."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    #: Served models; empty means the embedded all-MiniLM-L6-v2.
+    models: tuple[ModelConfig, ...] = ()
+    #: Extra names clients may send, mapped to served model names.
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    engine: Literal["auto", "torch"] = "auto"
+    device: Annotated[str, Meta(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: Intra-op threads of the torch engine; default: torch's own choice.
+    torch_threads: PositiveInt | None = None
+    max_documents: PositiveInt = 10_000
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    #: Padded tokens per forward pass (batch rows x longest row).
+    max_batch_tokens: PositiveInt = 16_384
+    max_batch_size: PositiveInt = 256
+    #: Sequences waiting to be scored across all requests; beyond it requests get 503.
+    max_queue_sequences: PositiveInt = 200_000
+    request_timeout_s: PositiveFloat = 300.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dupes)}")
+        for alias, target in self.aliases.items():
+            if self.models and target not in names:
+                raise ValueError(f"alias {alias!r} points to {target!r}, which is not a served model")
+
+
+# Keys whose env/flag form is a comma-separated list or NAME=VALUE map.
+_LIST_KEYS = {"models"}
+_MAP_KEYS = {"aliases"}
+
+
+def parse_model_spec(spec: str) -> dict[str, str]:
+    """``NAME=PATH_OR_HUB_ID`` or a bare path/hub id (named after its last path segment)."""
+    spec = spec.strip()
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name:
+        return {"name": name, "path": path}
+    return {"name": Path(spec.rstrip("/")).name or spec, "path": spec}
+
+
+def _parse_map(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"expected NAME=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(raw.decode())
+        elif path.suffix in {".yaml", ".yml"}:
+            import yaml  # litestar depends on PyYAML
+
+            data = yaml.safe_load(raw) or {}
+        else:
+            data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = set(Settings.__struct_fields__)
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name == "model":  # singular reads naturally for one model
+            name = "models"
+        if name not in fields:
+            continue
+        if name in _LIST_KEYS:
+            out[name] = [parse_model_spec(s) for s in value.split(",") if s.strip()]
+        elif name in _MAP_KEYS:
+            out[name] = _parse_map(value)
+        else:
+            out[name] = value
+    return out
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Merge the sources and validate once; raise :class:`ConfigError` with the offending key."""
+    env = os.environ if env is None else env
+    flags = dict(flags or {})
+    path = flags.pop("config", None) or config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    merged: dict[str, Any] = _read_file(Path(path)) if path else {}
+    merged.update(_from_env(env))
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    if isinstance(merged.get("models"), list):
+        merged["models"] = [parse_model_spec(m) if isinstance(m, str) else m for m in merged["models"]]
+    try:
+        # strict=False lets env/flag strings become ints, floats and bools.
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc

@@ -1,0 +1,102 @@
+"""The one exception hierarchy of rerankd.
+
+Every error a request can meet is a :class:`RerankdError` with an HTTP status; ``rerankd.proxy.errors``
+maps them to responses in one place. Modules below ``proxy`` raise these and never see HTTP.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "EngineFailure",
+    "EngineUnavailable",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RerankdError",
+    "Timeout",
+]
+
+
+class RerankdError(Exception):
+    """Base class. ``message`` is safe to show to clients; ``detail`` adds specifics."""
+
+    status_code: int = 500
+    default_message: str = "internal error"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = None) -> None:
+        self.detail = detail or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.detail)
+
+    @property
+    def message(self) -> str:
+        return self.detail
+
+
+class ConfigError(RerankdError):
+    """Invalid settings; raised at start-up, never during a request."""
+
+    default_message = "invalid configuration"
+
+
+class BadRequest(RerankdError):
+    status_code = 400
+    default_message = "invalid request"
+
+    @property
+    def message(self) -> str:
+        return f"invalid request: {self.detail}"
+
+
+class PayloadTooLarge(RerankdError):
+    status_code = 413
+    default_message = "request body is too large"
+
+
+class ModelNotFound(RerankdError):
+    status_code = 404
+    default_message = "model not found"
+
+
+class Overloaded(RerankdError):
+    """The scoring queue is full: retry shortly."""
+
+    status_code = 503
+    default_message = "server is overloaded, retry later"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class Timeout(Overloaded):
+    default_message = "the request did not finish within its deadline"
+
+
+class NotReady(Overloaded):
+    default_message = "model is still loading"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 5.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class EngineUnavailable(Overloaded):
+    """The engine is down (dead process, unreachable upstream)."""
+
+    default_message = "scoring engine is unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 5.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class EngineFailure(RerankdError):
+    """An engine raised while scoring. Its text goes to the log only, never to the client."""
+
+    status_code = 500
+    default_message = "internal error while scoring; see the server log for this request id"
+
+    @property
+    def message(self) -> str:
+        return self.default_message

@@ -1,0 +1,73 @@
+"""The app factory. Resources live in the lifespan and reach handlers through dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from rerankd import __version__
+from rerankd.config import Settings
+from rerankd.proxy.errors import exception_handlers
+from rerankd.proxy.middleware import RequestIdMiddleware
+from rerankd.proxy.routes import ROUTES
+from rerankd.service import RerankService
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    service: RerankService | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
+) -> Litestar:
+    """Build the app. Models load in the background after start-up so ``/health`` answers at
+    once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``."""
+    svc = service or RerankService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        loading = asyncio.create_task(svc.start())
+
+        def loaded(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            assert exc is not None
+            log.error("loading models failed: %s", exc, exc_info=exc)
+            if on_fatal is not None:
+                on_fatal(exc)
+
+        loading.add_done_callback(loaded)
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            await svc.close()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        dependencies={"service": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers,
+        middleware=[RequestIdMiddleware],
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="rerankd",
+            version=__version__,
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,223 @@
+"""Cross-request batching for engines that run blocking forward passes (the torch engine).
+
+Every request's sequences enter one queue. A single worker thread takes a window of the oldest
+pending sequences, sorts it by length so rows of a batch pad little, cuts it into micro-batches
+under a padded-token budget, runs them and routes each output back to its request. The event
+loop only enqueues and awaits futures, so it never blocks on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rerankd.errors import EngineFailure, EngineUnavailable, Overloaded, Timeout
+
+__all__ = ["Batch", "Scheduler", "SchedulerStats"]
+
+log = logging.getLogger(__name__)
+
+#: A batch handed to the runner: token ids (and token type ids, if the model uses them) per row.
+Batch = tuple[list[list[int]], list[list[int]] | None]
+Runner = Callable[[list[list[int]], list[list[int]] | None], Sequence[Any]]
+
+# How many budgets' worth of pending tokens one sort-and-split pass looks at: large enough to
+# group similar lengths, small enough that a newly arrived request waits at most a few batches.
+_WINDOW_BUDGETS = 8
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    ids: list[list[int]]
+    type_ids: list[list[int]] | None
+    future: asyncio.Future[list[Any]]
+    loop: asyncio.AbstractEventLoop
+    deadline: float | None
+    outputs: list[Any] = field(default_factory=list)
+    remaining: int = 0
+    failed: bool = False
+
+    def abandoned(self) -> bool:
+        return self.failed or self.future.done()
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    batches: int = 0
+    sequences: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    busy_s: float = 0.0
+    last_batch_size: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queue: int,
+        name: str = "engine",
+    ) -> None:
+        self._runner = runner
+        self._max_tokens = max_batch_tokens
+        self._max_size = max_batch_size
+        self._max_queue = max_queue
+        self._pending: deque[tuple[_Job, int]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)
+        self.stats = SchedulerStats()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._dead is None
+
+    async def submit(
+        self,
+        ids: list[list[int]],
+        type_ids: list[list[int]] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> list[Any]:
+        """Queue the sequences of one request and wait for their outputs, in order."""
+        if not ids:
+            return []
+        if not self.alive:
+            raise EngineUnavailable()
+        loop = asyncio.get_running_loop()
+        job = _Job(ids, type_ids, loop.create_future(), loop, deadline, [None] * len(ids), len(ids))
+        with self._cond:
+            if len(self._pending) + len(ids) > self._max_queue:
+                raise Overloaded(f"scoring queue is full ({len(self._pending)} sequences waiting)")
+            self._pending.extend((job, i) for i in range(len(ids)))
+            self._cond.notify()
+        # A cancelled await (client gone) cancels the future; the worker then skips its rows.
+        return await job.future
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            while True:
+                window = self._take_window()
+                if window is None:
+                    return
+                for batch in self._split(window):
+                    self._run(batch)
+        except BaseException as exc:  # the worker must never die silently: fail everything queued
+            log.exception("scheduler worker died")
+            self._dead = exc
+            self._fail_all(EngineUnavailable())
+
+    def _take_window(self) -> list[tuple[_Job, int]] | None:
+        with self._cond:
+            while not self._pending and not self._closing:
+                self._cond.wait()
+            if self._closing and not self._pending:
+                return None
+            window: list[tuple[_Job, int]] = []
+            tokens = 0
+            now = time.monotonic()
+            while self._pending and tokens < self._max_tokens * _WINDOW_BUDGETS:
+                job, row = self._pending.popleft()
+                if job.abandoned():
+                    continue
+                if job.deadline is not None and now > job.deadline:
+                    self._fail(job, Timeout())
+                    continue
+                window.append((job, row))
+                tokens += len(job.ids[row])
+            return window
+
+    def _split(self, window: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+        window.sort(key=lambda item: len(item[0].ids[item[1]]))
+        batches: list[list[tuple[_Job, int]]] = []
+        current: list[tuple[_Job, int]] = []
+        for item in window:
+            longest = len(item[0].ids[item[1]])  # sorted: this row is the longest so far
+            if current and (longest * (len(current) + 1) > self._max_tokens or len(current) >= self._max_size):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run(self, batch: list[tuple[_Job, int]]) -> None:
+        batch = [item for item in batch if not item[0].abandoned()]
+        if not batch:
+            return
+        ids = [job.ids[row] for job, row in batch]
+        types = None
+        if batch[0][0].type_ids is not None:
+            types = [job.type_ids[row] for job, row in batch if job.type_ids is not None]
+        started = time.perf_counter()
+        try:
+            outputs = self._runner(ids, types)
+        except Exception:
+            log.exception("forward pass failed for a batch of %d sequences", len(ids))
+            for job in {job for job, _ in batch}:
+                self._fail(job, EngineFailure())
+            return
+        self._record(ids, time.perf_counter() - started)
+        for (job, row), out in zip(batch, outputs, strict=True):
+            if job.abandoned():
+                continue
+            job.outputs[row] = out
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.outputs)
+
+    def _record(self, ids: list[list[int]], elapsed: float) -> None:
+        s = self.stats
+        s.batches += 1
+        s.sequences += len(ids)
+        s.last_batch_size = len(ids)
+        s.real_tokens += sum(map(len, ids))
+        s.padded_tokens += max(map(len, ids)) * len(ids)
+        s.busy_s += elapsed
+
+    def _fail(self, job: _Job, exc: Exception) -> None:
+        job.failed = True
+        job.loop.call_soon_threadsafe(_reject, job.future, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._cond:
+            jobs = {job for job, _ in self._pending}
+            self._pending.clear()
+        for job in jobs:
+            self._fail(job, exc)
+
+
+def _resolve(future: asyncio.Future[list[Any]], outputs: list[Any]) -> None:
+    if not future.done():
+        future.set_result(outputs)
+
+
+def _reject(future: asyncio.Future[list[Any]], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
