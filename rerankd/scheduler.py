@@ -159,7 +159,9 @@ class Scheduler:
         current: list[tuple[_Job, int]] = []
         for item in window:
             longest = len(item[0].ids[item[1]])  # sorted: this row is the longest so far
-            if current and (longest * (len(current) + 1) > self._max_tokens or len(current) >= self._max_size):
+            if current and (
+                longest * (len(current) + 1) > self._max_tokens or len(current) >= self._max_size
+            ):
                 batches.append(current)
                 current = []
             current.append(item)

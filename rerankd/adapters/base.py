@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rerankd.adapters.formats import EncodeOptions, Encoded, ModelFormat
+from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
 
 __all__ = ["Engine", "LocalEngine", "ScoreResult"]

@@ -13,8 +13,8 @@ from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.formats import (
     BiEncoderFormat,
     CrossEncoderFormat,
-    EncodeOptions,
     Encoded,
+    EncodeOptions,
     LLMYesNoFormat,
     ModelFormat,
 )
@@ -88,7 +88,9 @@ class TorchEngine(LocalEngine):
         tokenizer = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.config.trust_remote_code)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.format = _make_format(src, tokenizer)
-        log.info("loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype)
+        log.info(
+            "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
+        )
         self._head = _HEADS[src.format](self, src)
 
     async def close(self) -> None:

@@ -77,7 +77,9 @@ async def health() -> Status:
 async def ready(service: RerankService, request: AnyRequest) -> Response[Status | ErrorBody]:
     if service.ready:
         return Response(Status("ready"))
-    body = ErrorBody(message="not ready", detail="models are loading or an engine failed", id=request_id_of(request))
+    body = ErrorBody(
+        message="not ready", detail="models are loading or an engine failed", id=request_id_of(request)
+    )
     return Response(body, status_code=503, headers={"Retry-After": "5"})
 
 

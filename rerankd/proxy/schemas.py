@@ -17,6 +17,7 @@ from rerankd.errors import BadRequest
 from rerankd.service import RerankOutcome, RerankQuery
 
 __all__ = [
+    "JINA",
     "V1",
     "V2",
     "ApiVersion",
@@ -24,7 +25,6 @@ __all__ = [
     "CohereMeta",
     "CohereResponse",
     "Dialect",
-    "JINA",
     "JinaResponse",
     "RerankRequest",
     "Result",

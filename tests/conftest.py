@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.tiny_qwen3 import build as build_tiny_qwen3
+from tests.servers import RedisServer, RerankdServer, redis_server, rerankd_server
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen3 reranker with a trained tokenizer, built offline."""
+    return build_tiny_qwen3(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+@pytest.fixture(scope="session")
+def minilm_server() -> Iterator[RerankdServer]:
+    """rerankd on its embedded defaults (MiniLM, in-memory), shared by the API tests."""
+    with rerankd_server(["--alias", "rerank-english-v3.0=all-MiniLM-L6-v2"]) as server:
+        yield server
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A private Redis server on a free port, stopped after the test."""
+    with redis_server() as server:
+        yield server

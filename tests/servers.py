@@ -1,0 +1,152 @@
+"""Real processes for tests: a rerankd server and private Redis servers, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["RedisServer", "RerankdServer", "free_port", "redis_server", "rerankd_server", "wait_for"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if callable(predicate) and predicate():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class RerankdServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+@contextmanager
+def rerankd_server(
+    args: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    wait_ready: bool = True,
+    timeout: float = 120,
+) -> Iterator[RerankdServer]:
+    """``rerankd serve`` in a subprocess on a free port; waits for ``/ready`` unless told not to."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="rerankd-", suffix=".log")[1])
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    cmd = [sys.executable, "-m", "rerankd", "serve", "--port", str(port), *args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    server = RerankdServer(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        path = "/ready" if wait_ready else "/health"
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"rerankd exited with {proc.returncode}:\n{server.log()}")
+            return httpx.get(server.url + path, timeout=2).status_code == 200
+
+        wait_for(up, timeout, f"rerankd {path}")
+        yield server
+    finally:
+        server.stop()
+        log.unlink(missing_ok=True)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def start(self) -> None:
+        """(Re)start on the same port, e.g. after a test killed it."""
+        self.process = _spawn_redis(self.port, self.dir)
+
+
+def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_for(accepting, 10, f"redis on port {port}")
+    return proc
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    folder = Path(tempfile.mkdtemp(prefix="rerankd-redis-"))
+    port = free_port()
+    server = RedisServer(port, _spawn_redis(port, folder), folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
