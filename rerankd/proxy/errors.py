@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import msgspec
@@ -29,6 +30,11 @@ def request_id_of(request: Request[Any, Any, Any]) -> str:
 
 def _respond(request: Request[Any, Any, Any], exc: RerankdError) -> Response[ErrorBody]:
     headers = {}
+    state = request.scope.setdefault("state", {})
+    if "request_id" not in state:
+        # Router errors (404, 405) happen before any middleware runs: give them an id here.
+        state["request_id"] = uuid.uuid4().hex
+        headers["X-Request-ID"] = state["request_id"]
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     body = ErrorBody(message=exc.message, detail=exc.detail, id=request_id_of(request))
