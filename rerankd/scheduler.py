@@ -55,6 +55,8 @@ class SchedulerStats:
     real_tokens: int = 0
     busy_s: float = 0.0
     last_batch_size: int = 0
+    #: Batches that carried rows of more than one request: cross-request batching at work.
+    mixed_batches: int = 0
 
 
 class Scheduler:
@@ -104,7 +106,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(ids, type_ids, loop.create_future(), loop, deadline, [None] * len(ids), len(ids))
         with self._cond:
-            if len(self._pending) + len(ids) > self._max_queue:
+            # An idle queue admits any request, so one larger than the bound is slow, not refused.
+            if self._pending and len(self._pending) + len(ids) > self._max_queue:
                 raise Overloaded(f"scoring queue is full ({len(self._pending)} sequences waiting)")
             self._pending.extend((job, i) for i in range(len(ids)))
             self._cond.notify()
@@ -185,7 +188,7 @@ class Scheduler:
             for job in {job for job, _ in batch}:
                 self._fail(job, EngineFailure())
             return
-        self._record(ids, time.perf_counter() - started)
+        self._record(ids, time.perf_counter() - started, len({id(job) for job, _ in batch}))
         for (job, row), out in zip(batch, outputs, strict=True):
             if job.abandoned():
                 continue
@@ -194,9 +197,10 @@ class Scheduler:
             if job.remaining == 0:
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.outputs)
 
-    def _record(self, ids: list[list[int]], elapsed: float) -> None:
+    def _record(self, ids: list[list[int]], elapsed: float, n_jobs: int) -> None:
         s = self.stats
         s.batches += 1
+        s.mixed_batches += n_jobs > 1
         s.sequences += len(ids)
         s.last_batch_size = len(ids)
         s.real_tokens += sum(map(len, ids))

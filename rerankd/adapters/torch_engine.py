@@ -105,6 +105,7 @@ class TorchEngine(LocalEngine):
         s = self.scheduler.stats
         return {
             "batches": s.batches,
+            "mixed_batches": s.mixed_batches,
             "sequences": s.sequences,
             "real_tokens": s.real_tokens,
             "padded_tokens": s.padded_tokens,
