@@ -10,6 +10,7 @@ from langchain_cohere import CohereRerank as LangChainCohereRerank
 from langchain_core.documents import Document
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.postprocessor.cohere_rerank import CohereRerank as LlamaIndexCohereRerank
+from pydantic import SecretStr
 
 from tests.servers import RerankdServer
 
@@ -66,7 +67,9 @@ def test_cohere_client_sees_errors_as_api_errors(minilm_server: RerankdServer) -
 
 
 def test_langchain_cohere_rerank(minilm_server: RerankdServer) -> None:
-    reranker = LangChainCohereRerank(base_url=minilm_server.url, model=MODEL, cohere_api_key="dummy", top_n=2)
+    reranker = LangChainCohereRerank(
+        base_url=minilm_server.url, model=MODEL, cohere_api_key=SecretStr("dummy"), top_n=2
+    )
     docs = [Document(page_content=t, metadata={"i": i}) for i, t in enumerate(DOCS)]
     ranked = reranker.compress_documents(docs, QUERY)
     assert [d.metadata["i"] for d in ranked] == [2, 3]

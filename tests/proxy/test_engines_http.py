@@ -69,7 +69,7 @@ def test_health_answers_fast_while_scoring() -> None:
 
         worker = threading.Thread(target=heavy)
         worker.start()
-        latencies = []
+        latencies: list[float] = []
         with httpx.Client(base_url=server.url) as client:
             time.sleep(0.5)  # let the long request reach the engine
             while not done.is_set() and len(latencies) < 50:
