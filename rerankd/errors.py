@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "ClientClosedRequest",
     "ConfigError",
     "EngineFailure",
     "EngineUnavailable",
@@ -59,6 +60,13 @@ class PayloadTooLarge(RerankdError):
 class ModelNotFound(RerankdError):
     status_code = 404
     default_message = "model not found"
+
+
+class ClientClosedRequest(RerankdError):
+    """The client went away before its answer was ready; its queued work was dropped."""
+
+    status_code = 499
+    default_message = "client closed the request"
 
 
 class Overloaded(RerankdError):

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,8 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
 
-__all__ = ["RedisServer", "RerankdServer", "free_port", "redis_server", "rerankd_server", "wait_for"]
+from rerankd.config import Settings
+from rerankd.proxy.app import create_app
+from rerankd.service import RerankService
+
+__all__ = [
+    "InProcessServer",
+    "RedisServer",
+    "RerankdServer",
+    "free_port",
+    "inprocess_server",
+    "redis_server",
+    "rerankd_server",
+    "wait_for",
+]
 
 
 def free_port() -> int:
@@ -150,3 +165,33 @@ def redis_server() -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class InProcessServer:
+    """A real uvicorn server on a thread of this process, so tests can look at the service inside."""
+
+    url: str
+    service: RerankService
+    server: uvicorn.Server
+
+
+@contextmanager
+def inprocess_server(settings: Settings, timeout: float = 120) -> Iterator[InProcessServer]:
+    service = RerankService(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout, "in-process /ready"
+        )
+        yield InProcessServer(url, service, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -7,30 +7,36 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 
+from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, request_id_of
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
-from rerankd.service import RerankService
+from rerankd.service import RerankOutcome, RerankQuery, RerankService
 
 __all__ = ["ROUTES"]
 
 AnyRequest = Request[Any, Any, Any]
 
 
+async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
+    """Score, but stop as soon as the client disconnects so its queued work is dropped."""
+    return await until_disconnect(request, service.rerank(query, request_id=request_id_of(request)))
+
+
 @post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200)
 async def rerank_v1(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
-    outcome = await service.rerank(V1.to_query(data), request_id=request_id_of(request))
+    outcome = await _rerank(request, service, V1.to_query(data))
     return V1.cohere(data, outcome, request_id_of(request))
 
 
 @post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200)
 async def rerank_v2(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
-    outcome = await service.rerank(V2.to_query(data), request_id=request_id_of(request))
+    outcome = await _rerank(request, service, V2.to_query(data))
     return V2.cohere(data, outcome, request_id_of(request))
 
 
 @post("/rerank", summary="Rerank (Jina / vLLM style)", status_code=200)
 async def rerank_jina(data: RerankRequest, service: RerankService, request: AnyRequest) -> JinaResponse:
-    outcome = await service.rerank(JINA.to_query(data), request_id=request_id_of(request))
+    outcome = await _rerank(request, service, JINA.to_query(data))
     return JINA.jina(data, outcome, request_id_of(request))
 
 
