@@ -34,7 +34,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
     p.add_argument(
-        "--compile", action="store_const", const=True, help="torch.compile the model (faster on GPU, slower start)"
+        "--compile", action="store_const", const=True, help="torch.compile the model (faster on GPU)"
     )
     p.add_argument("--max-documents", type=int, dest="max_documents")
     p.add_argument("--max-body-bytes", type=int, dest="max_body_bytes")
