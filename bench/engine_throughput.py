@@ -142,7 +142,7 @@ def bare_model(path: Path, *, rows: int, length: int, compile: bool, seconds: fl
     head = model.get_output_embeddings().weight[[5, 6]].float()
     if compile:
         decoder = torch.compile(decoder, dynamic=True)
-    ids = torch.randint(10, 7000, (rows, length), device="cuda")
+    ids = torch.randint(10, model.config.vocab_size, (rows, length), device="cuda")
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         for _ in range(3):
