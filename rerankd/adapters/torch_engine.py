@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from rerankd.adapters.formats import (
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prompts import QWEN3
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Scheduler
+from rerankd.scheduler import Finish, Scheduler
 
 __all__ = ["TorchEngine", "pick_device", "pick_dtype"]
 
@@ -126,8 +127,8 @@ class TorchEngine(LocalEngine):
     async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
         return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
 
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> list[Any]:
-        """Called on the scheduler's thread only."""
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
         assert self._head is not None
         longest = max(map(len, ids))
         pad = self._pad_id
@@ -139,8 +140,25 @@ class TorchEngine(LocalEngine):
             types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
             types = self._to_device(types)
         with torch.inference_mode():
-            out = self._head(self._to_device(input_ids), self._to_device(mask), types)
-        return list(out.float().cpu().unbind(0)) if out.dim() == 2 else out.float().cpu().tolist()
+            out = self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+            if self.device.type == "cpu":
+                return partial(_rows, out)
+            # Copy back without waiting; finish() waits for this batch only, after the next one
+            # has been launched behind it.
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record()
+        return partial(_wait_rows, done, host)
+
+
+def _rows(out: torch.Tensor) -> list[Any]:
+    return list(out.unbind(0)) if out.dim() == 2 else out.tolist()
+
+
+def _wait_rows(done: torch.cuda.Event, host: torch.Tensor) -> list[Any]:
+    done.synchronize()
+    return _rows(host)
 
 
 def _make_format(src: ModelSource, tokenizer: Any) -> ModelFormat:
@@ -176,7 +194,10 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
     decoder = _maybe_compile(engine, model.get_decoder())
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
-        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        # No padding mask: rows are right-padded and attention is causal, so no real token can see
+        # a pad, and positions count from 0 as they should. Without a mask SDPA can take its
+        # flash-attention kernel. Only the last real token of each row is read.
+        hidden = decoder(input_ids=input_ids).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
         logits = last.float() @ rows.T
         return torch.sigmoid(logits[:, 0] - logits[:, 1])
