@@ -159,10 +159,10 @@ def _spawn_redis(port: int, folder: Path, args: Sequence[str] = ()) -> subproces
 
 
 @contextmanager
-def redis_server(*args: str) -> Iterator[RedisServer]:
-    """A private Redis on a free port; ``args`` are extra ``redis-server`` options."""
+def redis_server(*args: str, port: int | None = None) -> Iterator[RedisServer]:
+    """A private Redis on ``port`` (default: a free one); ``args`` are extra ``redis-server`` options."""
     folder = Path(tempfile.mkdtemp(prefix="rerankd-redis-"))
-    port = free_port()
+    port = port or free_port()
     server = RedisServer(port, _spawn_redis(port, folder, args), folder, tuple(args))
     try:
         yield server
