@@ -16,7 +16,7 @@ from rerankd.cache import (
     Coalescer,
     PairScore,
     WriteBehind,
-    decode_value,
+    decode_values,
     encode_value,
     pair_keys,
 )
@@ -105,38 +105,32 @@ class PairScorer:
             r = await engine.score(query, documents, opts, deadline=deadline)
             return Scored(r.scores, r.n_tokens, r.n_chunks)
         keys = pair_keys(context, query, documents)
-        found = await self._read(keys) if policy.read else {}
+        found: list[PairScore | None] = await self._read(keys) if policy.read else [None] * len(keys)
         # Each distinct missing pair once, by the index of its first occurrence.
         missing: dict[bytes, int] = {}
-        for i, key in enumerate(keys):
-            if key not in found and key not in missing:
-                missing[key] = i
+        for i, pair in enumerate(found):
+            if pair is None and keys[i] not in missing:
+                missing[keys[i]] = i
         fresh = _Fresh({}, 0)
         if missing:
             fresh = await self._score_missing(engine, query, documents, opts, missing, policy, deadline)
         return _merge(keys, found, fresh)
 
-    async def _read(self, keys: list[bytes]) -> dict[bytes, PairScore]:
+    async def _read(self, keys: list[bytes]) -> list[PairScore | None]:
+        """One cached pair or ``None`` per key, in order; undecodable values count as misses."""
         assert self.store is not None
-        found: dict[bytes, PairScore] = {}
-        for key, raw in zip(keys, await self.store.get_many(keys), strict=True):
-            if raw is None:
-                continue
-            pair = decode_value(raw)
-            if pair is None:
-                self._corrupt(key)
-            else:
-                found[key] = pair
-        self._counts["hits"] += len(found)
-        self._counts["misses"] += len(keys) - len(found)
+        found, corrupt = decode_values(await self.store.get_many(keys))
+        if corrupt:
+            self._corrupt(corrupt)
+        hits = len(found) - found.count(None)
+        self._counts["hits"] += hits
+        self._counts["misses"] += len(keys) - hits
         return found
 
-    def _corrupt(self, key: bytes) -> None:
+    def _corrupt(self, n: int) -> None:
         if self._counts["corrupt"] == 0:
-            log.warning(
-                "cache value of %s is not a score; treated as a miss (later ones are only counted)", key
-            )
-        self._counts["corrupt"] += 1
+            log.warning("%d cached values are not scores; treated as misses (later ones are only counted)", n)
+        self._counts["corrupt"] += n
 
     async def _score_missing(
         self,
@@ -219,12 +213,11 @@ def _per_document(result: ScoreResult) -> list[PairScore]:
     return [PairScore(s, tokens, chunks) for s in result.scores]
 
 
-def _merge(keys: list[bytes], found: dict[bytes, PairScore], fresh: _Fresh) -> Scored:
+def _merge(keys: list[bytes], found: list[PairScore | None], fresh: _Fresh) -> Scored:
     scores: list[float] = []
     n_tokens = fresh.extra_tokens
     n_chunks = hits = cached_tokens = 0
-    for key in keys:
-        pair = found.get(key)
+    for key, pair in zip(keys, found, strict=True):
         if pair is not None:
             hits += 1
             cached_tokens += pair.tokens

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from rerankd.adapters.base import Engine
 from rerankd.adapters.factory import build_engine
 from rerankd.adapters.formats import EncodeOptions
@@ -53,8 +55,9 @@ class RerankQuery:
     options: EncodeOptions = field(default_factory=EncodeOptions)
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
+class Ranked(msgspec.Struct, frozen=True, gc=False):
+    # A struct, not a frozen dataclass: one per document, and a cached request is otherwise cheap
+    # (100 frozen dataclasses cost about 40 µs; these, 5). gc=False: two numbers hold no cycles.
     index: int
     score: float
 
@@ -169,11 +172,13 @@ class RerankService:
         except Exception as exc:
             log.exception("request %s: engine %s failed", request_id, name)
             raise EngineFailure() from exc
-        order = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
+        scores = result.scores
+        # Best first; a stable sort keeps equal scores in request order, also when reversed.
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
         top_n = len(order) if not q.top_n else min(q.top_n, len(order))
         return RerankOutcome(
             model=name,
-            results=[Ranked(i, result.scores[i]) for i in order[:top_n]],
+            results=[Ranked(i, scores[i]) for i in order[:top_n]],
             input_tokens=result.n_tokens,
             search_units=search_units(result.n_chunks),
             cache_hits=result.hits,

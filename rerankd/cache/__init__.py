@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rerankd.cache.base import CacheStore
 from rerankd.cache.coalesce import Coalescer, Superseded
-from rerankd.cache.keys import PairScore, decode_value, encode_value, pair_keys
+from rerankd.cache.keys import PairScore, decode_value, decode_values, encode_value, pair_keys
 from rerankd.cache.memory import MemoryStore
 from rerankd.cache.writer import WriteBehind
 
@@ -18,6 +18,7 @@ __all__ = [
     "WriteBehind",
     "build_store",
     "decode_value",
+    "decode_values",
     "encode_value",
     "pair_keys",
 ]

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from rerankd.cache.keys import KEY_PREFIX, PairScore, decode_value, encode_value, pair_keys
+from rerankd.cache.keys import KEY_PREFIX, PairScore, decode_value, decode_values, encode_value, pair_keys
 
 CONTEXT = ("fingerprint", "torch:float32", None, None, 1)
 
@@ -14,7 +14,7 @@ def test_one_key_per_document_stable_across_calls() -> None:
     keys = pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys == pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys[0] == keys[2] != keys[1]
-    assert all(k.startswith(KEY_PREFIX) and len(k) == len(KEY_PREFIX) + 32 for k in keys)
+    assert all(k.startswith(KEY_PREFIX) and len(k) == len(KEY_PREFIX) + 16 for k in keys)
     assert pair_keys(CONTEXT, "query", ["b"]) == [keys[1]]  # a pair's key ignores its neighbours
 
 
@@ -56,10 +56,12 @@ def test_values_round_trip_exactly() -> None:
         b"0.97",
         encode_value(PairScore(0.5, 1, 1))[:-1],
         encode_value(PairScore(0.5, 1, 1)) + b"x",
-        b"\x02" + encode_value(PairScore(0.5, 1, 1))[1:],  # another format version
-        struct.pack("<BdIH", 1, math.nan, 1, 1),
-        struct.pack("<BdIH", 1, math.inf, 1, 1),
+        encode_value(PairScore(0.5, 1, 1))[:-1] + b"\x02",  # another format version
+        struct.pack("<dIHB", math.nan, 1, 1, 1),
+        struct.pack("<dIHB", -math.inf, 1, 1, 1),
     ],
 )
 def test_anything_else_decodes_to_a_miss(raw: bytes) -> None:
     assert decode_value(raw) is None
+    good = encode_value(PairScore(0.25, 3, 1))
+    assert decode_values([good, raw, None]) == ([PairScore(0.25, 3, 1), None, None], 1)
