@@ -72,13 +72,16 @@ class PairScorer:
         self._counts = dict.fromkeys(("hits", "misses", "corrupt", "coalesced", "scored"), 0)
 
     async def open(self) -> None:
-        if self.store is not None and self._writer is not None:
-            await self.store.open()
-            self._writer.start()
+        if self.store is None or self._writer is None:
+            log.info("result cache is off")
+            return
+        await self.store.open()
+        self._writer.start()
 
     async def close(self) -> None:
         if self.store is not None and self._writer is not None:
             await self._writer.close()
+            log.info("result cache: %s", ", ".join(f"{k} {v}" for k, v in self.stats().items()))
             await self.store.close()
 
     def stats(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -9,6 +10,8 @@ from collections.abc import Callable, Sequence
 from rerankd.cache.base import CacheStore
 
 __all__ = ["ENTRY_OVERHEAD", "MemoryStore"]
+
+log = logging.getLogger(__name__)
 
 #: Bytes a stored pair costs beyond the lengths of its key and value (ordered-dict node, tuple,
 #: expiry float, two bytes-object headers): about 230 on CPython 3.11, measured with tracemalloc.
@@ -49,7 +52,11 @@ class MemoryStore(CacheStore):
         return len(self._data)
 
     async def open(self) -> None:
-        pass
+        log.info(
+            "result cache in process memory: at most %d pairs, %d MiB; not shared with other processes",
+            self.max_entries,
+            self.max_bytes // 2**20,
+        )
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         now = self._clock()
