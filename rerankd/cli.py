@@ -43,6 +43,22 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-queue-sequences", type=int, dest="max_queue_sequences")
     p.add_argument("--request-timeout-s", type=float, dest="request_timeout_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], dest="log_level")
+    # per-pair result cache (docs/cache.md)
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        help="cache scored pairs (default on); --no-cache: off",
+    )
+    p.add_argument(
+        "--redis-url", dest="redis_url", help="redis://, rediss:// or unix:// (default: in-process)"
+    )
+    p.add_argument("--cache-ttl-s", type=int, dest="cache_ttl_s", help="seconds a cached pair lives (7 days)")
+    p.add_argument(
+        "--cache-timeout-ms", type=float, dest="cache_timeout_ms", help="budget of a cache read (50)"
+    )
+    p.add_argument("--cache-max-entries", type=int, dest="cache_max_entries", help="in-process cache bound")
+    p.add_argument("--cache-max-bytes", type=int, dest="cache_max_bytes", help="in-process cache bound")
+    p.add_argument("--cache-write-queue", type=int, dest="cache_write_queue", help="pairs awaiting write")
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:

@@ -72,6 +72,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_queue_sequences: PositiveInt = 200_000
     request_timeout_s: PositiveFloat = 300.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # -- per-pair result cache (docs/cache.md) --
+    #: Cache every scored (query, document) pair; false: no cache reads, writes or coalescing.
+    cache: bool = True
+    #: A shared cache: redis://, rediss:// (TLS) or unix:// URL. Unset: an in-process LRU.
+    redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://.")] | None = None
+    cache_ttl_s: PositiveInt = 7 * 24 * 3600
+    #: Time budget of one cache read; beyond it the request is scored uncached.
+    cache_timeout_ms: PositiveFloat = 50.0
+    #: Bounds of the in-process LRU (used when no redis_url is set).
+    cache_max_entries: PositiveInt = 1_000_000
+    cache_max_bytes: PositiveInt = 256 * 1024 * 1024
+    #: Scored pairs waiting to be written to Redis; beyond it writes are dropped (and counted).
+    cache_write_queue: PositiveInt = 100_000
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

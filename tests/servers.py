@@ -109,6 +109,8 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     dir: Path
+    #: Extra ``redis-server`` options (e.g. ``--requirepass``, ``--unixsocket``), kept for restarts.
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -121,10 +123,10 @@ class RedisServer:
 
     def start(self) -> None:
         """(Re)start on the same port, e.g. after a test killed it."""
-        self.process = _spawn_redis(self.port, self.dir)
+        self.process = _spawn_redis(self.port, self.dir, self.args)
 
 
-def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+def _spawn_redis(port: int, folder: Path, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it)")
@@ -141,6 +143,7 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
             "no",
             "--dir",
             str(folder),
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -149,17 +152,18 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     def accepting() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # -NOAUTH: up, with a password
 
     wait_for(accepting, 10, f"redis on port {port}")
     return proc
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(*args: str, port: int | None = None) -> Iterator[RedisServer]:
+    """A private Redis on ``port`` (default: a free one); ``args`` are extra ``redis-server`` options."""
     folder = Path(tempfile.mkdtemp(prefix="rerankd-redis-"))
-    port = free_port()
-    server = RedisServer(port, _spawn_redis(port, folder), folder)
+    port = port or free_port()
+    server = RedisServer(port, _spawn_redis(port, folder, args), folder, tuple(args))
     try:
         yield server
     finally:

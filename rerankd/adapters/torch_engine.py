@@ -104,6 +104,10 @@ class TorchEngine(LocalEngine):
     def healthy(self) -> bool:
         return self.scheduler.alive
 
+    @property
+    def cache_tag(self) -> str:
+        return f"torch:{str(self.dtype).removeprefix('torch.')}"
+
     def stats(self) -> dict[str, float]:
         s = self.scheduler.stats
         return {

@@ -6,38 +6,68 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, request_id_of
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
-from rerankd.service import RerankOutcome, RerankQuery, RerankService
+from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
 __all__ = ["ROUTES"]
 
 AnyRequest = Request[Any, Any, Any]
 
 
+CACHE_HEADERS = [
+    ResponseHeader(
+        name="X-Cache-Hits",
+        description="HITS/PAIRS: pairs of this request served from the cache, of all pairs",
+        documentation_only=True,
+    )
+]
+
+
+def cache_policy(request: AnyRequest) -> CachePolicy:
+    """``Cache-Control: no-cache`` skips the cache read, ``no-store`` the write."""
+    value = request.headers.get("cache-control")
+    if not value:
+        return READ_WRITE
+    directives = {d.strip().lower() for d in value.split(",")}
+    return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
+
+
+def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str]:
+    return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
+
+
 async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
-    return await until_disconnect(request, service.rerank(query, request_id=request_id_of(request)))
+    work = service.rerank(query, request_id=request_id_of(request), cache=cache_policy(request))
+    return await until_disconnect(request, work)
 
 
-@post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200)
-async def rerank_v1(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
+@post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200, response_headers=CACHE_HEADERS)
+async def rerank_v1(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V1.to_query(data))
-    return V1.cohere(data, outcome, request_id_of(request))
+    return Response(V1.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
 
 
-@post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200)
-async def rerank_v2(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
+@post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200, response_headers=CACHE_HEADERS)
+async def rerank_v2(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V2.to_query(data))
-    return V2.cohere(data, outcome, request_id_of(request))
+    return Response(V2.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
 
 
-@post("/rerank", summary="Rerank (Jina / vLLM style)", status_code=200)
-async def rerank_jina(data: RerankRequest, service: RerankService, request: AnyRequest) -> JinaResponse:
+@post("/rerank", summary="Rerank (Jina / vLLM style)", status_code=200, response_headers=CACHE_HEADERS)
+async def rerank_jina(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[JinaResponse]:
     outcome = await _rerank(request, service, JINA.to_query(data))
-    return JINA.jina(data, outcome, request_id_of(request))
+    return Response(JINA.jina(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
 
 
 class ModelCard(msgspec.Struct):
