@@ -70,6 +70,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_queue_sequences: PositiveInt = 200_000
     request_timeout_s: PositiveFloat = 300.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # -- API keys and limits (docs/auth.md) --
+    #: ``auto``: keys are required once any key is on record, and a server bound beyond loopback with
+    #: none refuses to start; ``on``: always required; ``off`` (``--no-auth``): never.
+    auth: Literal["auto", "on", "off"] = "auto"
+    #: JSON keys file (e.g. a mounted Kubernetes Secret); when unset, keys live in Redis if configured.
+    keys_file: str | None = None
+    #: Shared Redis: API keys (without a keys file), per-key limits and usage.
+    redis_url: str | None = None
+    #: Whether /metrics needs a key like the scoring routes.
+    metrics_auth: bool = False
+    max_query_chars: PositiveInt = 32_768
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -6,8 +6,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi.spec import SecurityRequirement
 
-from rerankd.proxy.errors import ErrorBody, request_id_of
+from rerankd.proxy.auth import note_usage
+from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
 from rerankd.service import RerankService
 
@@ -15,22 +17,35 @@ __all__ = ["ROUTES"]
 
 AnyRequest = Request[Any, Any, Any]
 
+# Guarded routes, for the OpenAPI description: a bearer key (when keys are on) and the one error body.
+API_KEY: list[SecurityRequirement] = [{"apiKey": []}]
+SCORING_ERRORS = error_responses(400, 401, 404, 413, 429, 500, 503)
 
-@post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200)
+
+@post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200, responses=SCORING_ERRORS, security=API_KEY)
 async def rerank_v1(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
     outcome = await service.rerank(V1.to_query(data), request_id=request_id_of(request))
+    note_usage(request, outcome)
     return V1.cohere(data, outcome, request_id_of(request))
 
 
-@post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200)
+@post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200, responses=SCORING_ERRORS, security=API_KEY)
 async def rerank_v2(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
     outcome = await service.rerank(V2.to_query(data), request_id=request_id_of(request))
+    note_usage(request, outcome)
     return V2.cohere(data, outcome, request_id_of(request))
 
 
-@post("/rerank", summary="Rerank (Jina / vLLM style)", status_code=200)
+@post(
+    "/rerank",
+    summary="Rerank (Jina / vLLM style)",
+    status_code=200,
+    responses=SCORING_ERRORS,
+    security=API_KEY,
+)
 async def rerank_jina(data: RerankRequest, service: RerankService, request: AnyRequest) -> JinaResponse:
     outcome = await service.rerank(JINA.to_query(data), request_id=request_id_of(request))
+    note_usage(request, outcome)
     return JINA.jina(data, outcome, request_id_of(request))
 
 
@@ -48,7 +63,7 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-@get("/v1/models", summary="Served models")
+@get("/v1/models", summary="Served models", responses=error_responses(401, 429, 503), security=API_KEY)
 async def list_models(service: RerankService) -> ModelList:
     aliases = service.settings.aliases
     return ModelList(
