@@ -169,6 +169,8 @@ class Gate:
     def _limiter_failed(self, exc: KeyStoreUnavailable) -> None:
         if not self._limiter_down:
             log.warning("%s; rate limits are not enforced and usage is not recorded until it is back", exc)
+        else:
+            log.debug("%s", exc)
         self._limiter_down = True
 
     def _limiter_ok(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from datetime import UTC, datetime
@@ -159,7 +160,8 @@ def connect_redis(url: str) -> Redis:
 
 
 class RedisKeyStore(KeyStore):
-    """Records as JSON in one hash (name → record); a counter bumped on every change."""
+    """Records as JSON in one hash (name → record), and a version set to a fresh random value on
+    every change: a counter would repeat its values after Redis lost its data and start again."""
 
     _KEYS = REDIS_PREFIX + "keys"
     _VERSION = REDIS_PREFIX + "keys:version"
@@ -202,7 +204,7 @@ class RedisKeyStore(KeyStore):
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hsetnx(self._KEYS, record.name, msgspec.json.encode(record))
-                pipe.incr(self._VERSION)
+                pipe.set(self._VERSION, uuid.uuid4().hex)
                 added, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
@@ -216,7 +218,7 @@ class RedisKeyStore(KeyStore):
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.hset(self._KEYS, name, msgspec.json.encode(revoked))
-                    pipe.incr(self._VERSION)
+                    pipe.set(self._VERSION, uuid.uuid4().hex)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
