@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cohere
 import httpx
 import msgspec
 import pytest
+from cohere.errors import UnauthorizedError
 
 from rerankd.auth.keys import KeyRecord, digest_of, generate_key
 from rerankd.auth.store import RedisKeyStore
@@ -288,3 +290,14 @@ def test_keys_file_server_on_all_interfaces_follows_file_changes(tmp_path: Path)
         eventually(
             lambda: call(c, "POST", "/v2/rerank", first).status_code == 401, 10, "the revoked key fails"
         )
+
+
+def test_the_cohere_sdk_sends_its_api_key_as_the_bearer_key(keyed: Keyed) -> None:
+    docs = ["Berlin is the capital of Germany.", "Paris is the capital of France."]
+    co = cohere.ClientV2(api_key=keyed.keys.valid, base_url=keyed.server.url)
+    result = co.rerank(model="all-MiniLM-L6-v2", query="capital of France?", documents=docs)
+    assert result.results[0].index == 1
+    wrong = cohere.ClientV2(api_key="unused", base_url=keyed.server.url)
+    with pytest.raises(UnauthorizedError) as info:
+        wrong.rerank(model="all-MiniLM-L6-v2", query="capital of France?", documents=docs)
+    assert info.value.body["detail"] == "invalid API key"
