@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerankd import __version__
+from rerankd.auth import cli as keys_cli
 from rerankd.config import Settings, load_settings, parse_model_spec
 from rerankd.errors import ConfigError
 
@@ -59,6 +60,14 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--cache-max-entries", type=int, dest="cache_max_entries", help="in-process cache bound")
     p.add_argument("--cache-max-bytes", type=int, dest="cache_max_bytes", help="in-process cache bound")
     p.add_argument("--cache-write-queue", type=int, dest="cache_write_queue", help="pairs awaiting write")
+    # API keys and limits (docs/auth.md)
+    p.add_argument("--auth", choices=["auto", "on", "off"], help="API keys: auto (default), on, off")
+    p.add_argument("--no-auth", dest="auth", action="store_const", const="off", help="same as --auth off")
+    p.add_argument("--keys-file", dest="keys_file", help="JSON keys file (e.g. a mounted Secret)")
+    p.add_argument(
+        "--metrics-auth", dest="metrics_auth", action="store_true", default=None, help="guard /metrics too"
+    )
+    p.add_argument("--max-query-chars", type=int, dest="max_query_chars")
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -74,14 +83,18 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
+    import asyncio
+
     import uvicorn
 
+    from rerankd.auth import check_exposure
     from rerankd.proxy.app import create_app
     from rerankd.service import RerankService
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    asyncio.run(check_exposure(settings))  # before loading models: refusals come at once
     service = RerankService(settings)
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -111,8 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"rerankd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    keys_cli.add_parser(sub)
     ns = parser.parse_args(argv)
     try:
+        if ns.command == "keys":
+            return keys_cli.run(ns)
         settings = load_settings(_flags(ns))
         if ns.command == "serve":
             return serve(settings)

@@ -85,6 +85,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     cache_max_bytes: PositiveInt = 256 * 1024 * 1024
     #: Scored pairs waiting to be written to Redis; beyond it writes are dropped (and counted).
     cache_write_queue: PositiveInt = 100_000
+    # -- API keys and limits (docs/auth.md) --
+    #: ``auto``: keys are required once any key is on record, and a server bound beyond loopback with
+    #: none refuses to start; ``on``: always required; ``off`` (``--no-auth``): never.
+    auth: Literal["auto", "on", "off"] = "auto"
+    #: JSON keys file (e.g. a mounted Kubernetes Secret); when unset, keys live in Redis if configured.
+    keys_file: str | None = None
+    #: Whether /metrics needs a key like the scoring routes.
+    metrics_auth: bool = False
+    max_query_chars: PositiveInt = 32_768
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -12,12 +12,17 @@ __all__ = [
     "ConfigError",
     "EngineFailure",
     "EngineUnavailable",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyStoreUnavailable",
     "ModelNotFound",
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "RateLimited",
     "RerankdError",
     "Timeout",
+    "Unauthorized",
 ]
 
 
@@ -108,3 +113,39 @@ class EngineFailure(RerankdError):
     @property
     def message(self) -> str:
         return self.default_message
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+class Unauthorized(RerankdError):
+    """A guarded route was called without a valid key (missing, malformed, unknown, revoked, expired)."""
+
+    status_code = 401
+    default_message = "missing or invalid API key"
+
+
+class RateLimited(RerankdError):
+    """A key went over its requests or tokens per minute; ``retry_after`` says when it may retry."""
+
+    status_code = 429
+    default_message = "rate limit exceeded"
+
+
+class KeyStoreUnavailable(Overloaded):
+    """The key store (Redis) has not answered yet, so no key can be checked."""
+
+    default_message = "the API key store is unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 2.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class KeyExists(RerankdError):
+    status_code = 409
+    default_message = "a key with this name already exists"
+
+
+class KeyNotFound(RerankdError):
+    status_code = 404
+    default_message = "no key with this name"

@@ -127,6 +127,10 @@ class RerankService:
     def _check(self, q: RerankQuery) -> None:
         if not q.query.strip():
             raise BadRequest("query must not be empty")
+        if len(q.query) > self.settings.max_query_chars:
+            raise BadRequest(
+                f"query too long: {len(q.query)} characters; at most {self.settings.max_query_chars}"
+            )
         if not q.documents:
             raise BadRequest("list of documents must not be empty")
         if len(q.documents) > self.settings.max_documents:

@@ -10,7 +10,7 @@ from rerankd.cache.redis import RedisStore
 from tests.servers import RedisServer
 
 
-@pytest_asyncio.fixture(params=["memory", "redis"], loop_scope="function")
+@pytest_asyncio.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[CacheStore]:
     """Every backend, for the contract suite: the in-process LRU and a real private Redis."""
     backend: CacheStore
