@@ -112,7 +112,7 @@ def test_keys_from_an_existing_secret_are_mounted_as_a_file() -> None:
     assert mount == {"name": "keys", "mountPath": "/etc/rerankd/keys", "readOnly": True}
     assert "subPath" not in mount  # a subPath mount would never see a rotated key
     assert config_file(rendered)["keys_file"] == "/etc/rerankd/keys/keys.yaml"
-    assert "no_auth" not in config_file(rendered)
+    assert config_file(rendered)["auth"] == "on"
     _assert_not_in_env_or_args(container(rendered), "rerankd-api-keys")
     assert not [s for s in rendered.all("Secret") if s["metadata"]["name"].endswith("-keys")]
 
@@ -132,9 +132,9 @@ def test_keys_from_values_live_only_in_the_secret() -> None:
     assert "0f1e2d3c" not in yaml.safe_dump_all(others)
 
 
-def test_without_auth_rerankd_runs_with_no_auth_and_mounts_no_keys() -> None:
+def test_without_auth_rerankd_runs_with_auth_off_and_mounts_no_keys() -> None:
     rendered = render()
-    assert config_file(rendered) == {"no_auth": True}
+    assert config_file(rendered) == {"auth": "off"}
     assert "keys" not in [
         v["name"] for v in rendered.get("Deployment")["spec"]["template"]["spec"]["volumes"]
     ]

@@ -19,12 +19,9 @@ from tests.servers import rerankd_server
 CI = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 ALL_SETS = {"default": [], **{name: [path] for name, path in CI.items()}}
 
-#: Settings the chart writes that this rerankd version may not define yet (API keys, result cache,
-#: vLLM engine options). Keys rerankd defines are always validated; these only once it does.
+#: Settings the chart writes that this rerankd version may not define yet (vLLM engine options).
+#: Keys rerankd defines are always validated; these only once it does.
 PENDING_KEYS = {
-    "no_auth",
-    "keys_file",
-    "cache_ttl_s",
     "gpu_memory_utilization",
     "max_model_len",
     "tensor_parallel_size",

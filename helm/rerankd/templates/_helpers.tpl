@@ -144,9 +144,7 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- if include "rerankd.keysMounted" . -}}
 {{- $_ := set $cfg "keys_file" (printf "%s/%s" .Values.auth.mountPath (include "rerankd.keysSecretKey" .)) -}}
 {{- end -}}
-{{- if not .Values.auth.enabled -}}
-{{- $_ := set $cfg "no_auth" true -}}
-{{- end -}}
+{{- $_ := set $cfg "auth" (ternary "on" "off" (and .Values.auth.enabled true)) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
