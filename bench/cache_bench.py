@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cached-s", type=float, default=15.0)
     parser.add_argument("--out", type=Path, help="write the JSON results here")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     with ExitStack() as stack:
         port, pids = start_servers(args, stack)
         phases = asyncio.run(bench(port, pids, args))
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()}-core {platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "backend": args.backend,
+        # Other work on the machine skews every figure: say how busy it was.
+        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "documents_per_request": args.docs,
         "phases": [asdict(p) for p in phases],
     }
