@@ -134,6 +134,18 @@ async def test_concurrent_identical_requests_score_each_pair_once(
         assert app.engine.scheduler.stats.sequences - before == len(DOCS) + 1
 
 
+async def test_overlapping_concurrent_requests_score_each_pair_once() -> None:
+    async with serving() as app:
+        windows = [DOCS[i : i + 5] for i in range(0, 8)]  # neighbours share four documents
+        responses = await asyncio.gather(*(app.rerank(w) for w in windows))
+        assert app.engine.scored == Counter(DOCS)
+        by_doc: dict[str, set[float]] = {}
+        for window, r in zip(windows, responses, strict=True):
+            for x in r.json()["results"]:
+                by_doc.setdefault(window[x["index"]], set()).add(x["relevance_score"])
+        assert all(len(scores) == 1 for scores in by_doc.values())  # one score per pair, everywhere
+
+
 async def test_duplicate_documents_in_one_request_are_scored_once() -> None:
     async with serving() as app:
         r = await app.rerank([DOCS[0], DOCS[1], DOCS[0]])
