@@ -12,16 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rerankd.adapters.base import Engine, ScoreResult
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import Settings
-from rerankd.proxy.app import create_app
 from rerankd.service import RerankService
-from tests.servers import RedisServer, free_port, redis_server
+from tests.servers import RedisServer, free_port, inprocess_server, redis_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -77,27 +75,10 @@ def counting_factory(source: ModelSource, _: Settings) -> Engine:
 
 @contextlib.asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[Running]:
-    """rerankd in this event loop, on a free port, until the block ends."""
-    cfg = Settings(port=free_port(), **settings)
-    service = RerankService(cfg, engine_factory=counting_factory)
-    config = uvicorn.Config(
-        create_app(cfg, service=service), port=cfg.port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{cfg.port}"
-    try:
+    """rerankd on a thread of this process, on a free port, until the block ends."""
+    with inprocess_server(Settings(**settings), engine_factory=counting_factory) as server:
         async with httpx.AsyncClient(timeout=60) as client:
-            async with asyncio.timeout(60):
-                while True:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(url + "/ready")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.05)
-            yield Running(url, service, client)
-    finally:
-        server.should_exit = True
-        await task
+            yield Running(server.url, server.service, client)
 
 
 async def until_hits(app: Running, docs: Sequence[str], expected: int) -> httpx.Response:
