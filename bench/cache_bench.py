@@ -1,8 +1,8 @@
 """Cache benchmark: 100-document requests on the embedded model, fully cached vs uncached.
 
-    python -m bench.cache_bench [--backend redis|memory] [--clients 10] [--out results.json]
+    python -m bench.cache_bench [--backend redis|redis-unix|memory] [--clients 10] [--out results.json]
 
-Starts a private Redis (``--backend redis``) and ``rerankd serve`` on free loopback ports, then
+Starts a private Redis (unless ``--backend memory``) and ``rerankd serve`` on free loopback ports, then
 drives them with a closed-loop load generator: ``--clients`` keep-alive connections, each sending
 its next request as soon as the previous answer arrived. Phases:
 
@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -156,9 +157,11 @@ async def _client(
         await writer.wait_closed()
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 async def run_phase(
@@ -179,7 +182,12 @@ async def run_phase(
     )
     elapsed = time.perf_counter() - started
     n = len(latencies)
-    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu: dict[str, float] = {}
+    for name, pid in pids.items():
+        user, system = _cpu_seconds(pid)
+        cpu[name] = user + system - sum(cpu_before[name])
+        if name == "server":  # system time is mostly loopback socket work
+            cpu["server system"] = system - cpu_before[name][1]
     cpu["load generator"] = time.process_time() - own_before
     latencies.sort()
     phase.requests = n
@@ -217,15 +225,18 @@ async def bench(port: int, pids: dict[str, int], args: argparse.Namespace) -> li
 
 
 def table(phases: list[Phase]) -> str:
-    cpu_header = "CPU ms/request (server, redis, load gen)"
+    cpu_header = "CPU ms/request: server (of it kernel), redis, load gen"
     rows = [f"| phase | clients | requests | req/s | p50 ms | p95 ms | p99 ms | {cpu_header} |"]
     rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for p in phases:
         cpu = p.cpu_ms_per_request
-        cpus = ", ".join(f"{cpu.get(k, 0):.2f}" for k in ("server", "redis", "load generator"))
+        cpus = f"{cpu.get('server', 0):.2f} ({cpu.get('server system', 0):.2f}), " + ", ".join(
+            f"{cpu.get(k, 0):.2f}" for k in ("redis", "load generator")
+        )
         rows.append(
-            f"| {p.name} | {p.clients} | {p.requests} | {p.req_per_s:,.0f} | {p.p50_ms} | {p.p95_ms} "
-            f"| {p.p99_ms} | {cpus} |"
+            f"| {p.name} | {p.clients} | {p.requests} | {p.req_per_s:,.{1 if p.req_per_s < 10 else 0}f} "
+            f"| {p.p50_ms:,} | {p.p95_ms:,} "
+            f"| {p.p99_ms:,} | {cpus} |"
         )
     return "\n".join(rows)
 
@@ -234,9 +245,11 @@ def start_servers(args: argparse.Namespace, stack: ExitStack) -> tuple[int, dict
     """Redis (unless ``--backend memory``) and rerankd, stopped when ``stack`` closes."""
     flags = ["--log-level", "warning"]
     pids: dict[str, int] = {}
-    if args.backend == "redis":
-        redis = stack.enter_context(redis_server())
-        flags += ["--redis-url", redis.url]
+    if args.backend.startswith("redis"):
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerankd-bench-")))
+        sock = folder / "redis.sock"
+        redis = stack.enter_context(redis_server("--unixsocket", str(sock), "--unixsocketperm", "700"))
+        flags += ["--redis-url", f"unix://{sock}" if args.backend == "redis-unix" else redis.url]
         pids["redis"] = redis.process.pid
     server = stack.enter_context(rerankd_server(flags))
     pids["server"] = server.process.pid
@@ -248,13 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["redis", "memory"], default="redis")
+    parser.add_argument(
+        "--backend",
+        choices=["redis", "redis-unix", "memory"],
+        default="redis",
+        help="Redis over TCP loopback (default), Redis over a unix socket, or the in-process LRU",
+    )
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--uncached-s", type=float, default=60.0, help="0 skips the uncached phase")
     parser.add_argument("--cached-s", type=float, default=15.0)
     parser.add_argument("--out", type=Path, help="write the JSON results here")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     with ExitStack() as stack:
         port, pids = start_servers(args, stack)
         phases = asyncio.run(bench(port, pids, args))
@@ -263,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()}-core {platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
         "backend": args.backend,
+        # Other work on the machine skews every figure: say how busy it was.
+        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "documents_per_request": args.docs,
         "phases": [asdict(p) for p in phases],
     }

@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from rerankd.adapters.factory import build_engine
 from rerankd.config import Settings
 from rerankd.proxy.app import create_app
-from rerankd.service import RerankService
+from rerankd.service import EngineFactory, RerankService
 
 __all__ = [
     "InProcessServer",
@@ -181,8 +182,11 @@ class InProcessServer:
 
 
 @contextmanager
-def inprocess_server(settings: Settings, timeout: float = 120) -> Iterator[InProcessServer]:
-    service = RerankService(settings)
+def inprocess_server(
+    settings: Settings, timeout: float = 120, *, engine_factory: EngineFactory | None = None
+) -> Iterator[InProcessServer]:
+    """``engine_factory``: e.g. a real engine wrapped to count what it scores."""
+    service = RerankService(settings, engine_factory=engine_factory or build_engine)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"

@@ -12,16 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rerankd.adapters.base import Engine, ScoreResult
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import Settings
-from rerankd.proxy.app import create_app
 from rerankd.service import RerankService
-from tests.servers import RedisServer, free_port, redis_server
+from tests.servers import RedisServer, free_port, inprocess_server, redis_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -77,27 +75,10 @@ def counting_factory(source: ModelSource, _: Settings) -> Engine:
 
 @contextlib.asynccontextmanager
 async def serving(**settings: Any) -> AsyncIterator[Running]:
-    """rerankd in this event loop, on a free port, until the block ends."""
-    cfg = Settings(port=free_port(), **settings)
-    service = RerankService(cfg, engine_factory=counting_factory)
-    config = uvicorn.Config(
-        create_app(cfg, service=service), port=cfg.port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{cfg.port}"
-    try:
+    """rerankd on a thread of this process, on a free port, until the block ends."""
+    with inprocess_server(Settings(**settings), engine_factory=counting_factory) as server:
         async with httpx.AsyncClient(timeout=60) as client:
-            async with asyncio.timeout(60):
-                while True:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(url + "/ready")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.05)
-            yield Running(url, service, client)
-    finally:
-        server.should_exit = True
-        await task
+            yield Running(server.url, server.service, client)
 
 
 async def until_hits(app: Running, docs: Sequence[str], expected: int) -> httpx.Response:
@@ -132,6 +113,18 @@ async def test_concurrent_identical_requests_score_each_pair_once(
         # The engine's own count: each document once, plus the query row of each scoring call.
         assert app.engine.calls == 1
         assert app.engine.scheduler.stats.sequences - before == len(DOCS) + 1
+
+
+async def test_overlapping_concurrent_requests_score_each_pair_once() -> None:
+    async with serving() as app:
+        windows = [DOCS[i : i + 5] for i in range(0, 8)]  # neighbours share four documents
+        responses = await asyncio.gather(*(app.rerank(w) for w in windows))
+        assert app.engine.scored == Counter(DOCS)
+        by_doc: dict[str, set[float]] = {}
+        for window, r in zip(windows, responses, strict=True):
+            for x in r.json()["results"]:
+                by_doc.setdefault(window[x["index"]], set()).add(x["relevance_score"])
+        assert all(len(scores) == 1 for scores in by_doc.values())  # one score per pair, everywhere
 
 
 async def test_duplicate_documents_in_one_request_are_scored_once() -> None:
