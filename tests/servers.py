@@ -181,8 +181,15 @@ class InProcessServer:
 
 
 @contextmanager
-def inprocess_server(settings: Settings, timeout: float = 120) -> Iterator[InProcessServer]:
-    service = RerankService(settings)
+def inprocess_server(
+    settings: Settings,
+    timeout: float = 120,
+    *,
+    service: RerankService | None = None,
+    wait_ready: bool = True,
+) -> Iterator[InProcessServer]:
+    """uvicorn on a thread; waits for ``/ready`` (or only ``/health`` when ``wait_ready`` is false)."""
+    service = service or RerankService(settings)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"
@@ -191,10 +198,9 @@ def inprocess_server(settings: Settings, timeout: float = 120) -> Iterator[InPro
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
+    path = "/ready" if wait_ready else "/health"
     try:
-        wait_for(
-            lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout, "in-process /ready"
-        )
+        wait_for(lambda: httpx.get(url + path, timeout=2).status_code == 200, timeout, f"in-process {path}")
         yield InProcessServer(url, service, server)
     finally:
         server.should_exit = True
