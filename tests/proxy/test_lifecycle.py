@@ -150,3 +150,17 @@ def test_sigterm_while_idle_exits_zero() -> None:
     with rerankd_server(["--no-cache"]) as server:
         assert server.stop(signal.SIGTERM) == 0
         assert "shut down" in server.log()
+
+
+def test_otel_without_its_packages_serves_untraced(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("the otel extra is installed here")
+    caplog.set_level(logging.WARNING, logger="rerankd.proxy.tracing")
+    with inprocess_server(Settings(otel=True, cache=False)) as srv:
+        r = httpx.post(srv.url + "/v2/rerank", json={"query": "q", "documents": ["d"]}, timeout=30)
+        assert r.status_code == 200
+    assert "OpenTelemetry is not installed" in caplog.text
