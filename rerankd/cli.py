@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +67,20 @@ def _serve_parser(sub: Any) -> None:
         "--metrics-auth", dest="metrics_auth", action="store_true", default=None, help="guard /metrics too"
     )
     p.add_argument("--max-query-chars", type=int, dest="max_query_chars")
+    # observability and lifecycle (docs/observability.md)
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "json", "text"],
+        dest="log_format",
+        help="auto (default): JSON lines unless stderr is a terminal",
+    )
+    p.add_argument(
+        "--shutdown-grace-s",
+        type=int,
+        dest="shutdown_grace_s",
+        help="seconds SIGTERM lets requests in flight finish (30)",
+    )
+    p.add_argument("--otel", action="store_const", const=True, help="export OpenTelemetry traces (OTLP)")
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -88,12 +101,12 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from rerankd.auth import check_exposure
+    from rerankd.logs import configure_logging
     from rerankd.proxy.app import create_app
+    from rerankd.proxy.server import Server, run_until_stopped
     from rerankd.service import RerankService
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(check_exposure(settings))  # before loading models: refusals come at once
     service = RerankService(settings)
     exit_code = 0
@@ -112,10 +125,12 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=None,  # configure_logging above: one format for rerankd's and uvicorn's lines
+        access_log=False,  # rerankd logs each request itself, with its id, model, key name and counts
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    server = uvicorn.Server(config)
-    server.run()
+    server = Server(config, service)
+    run_until_stopped(server)
     return exit_code
 
 

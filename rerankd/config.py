@@ -94,6 +94,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: Whether /metrics needs a key like the scoring routes.
     metrics_auth: bool = False
     max_query_chars: PositiveInt = 32_768
+    # -- observability and lifecycle (docs/observability.md) --
+    #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    #: Seconds a SIGTERM waits for requests in flight before it cancels them and exits.
+    shutdown_grace_s: Annotated[int, Meta(ge=0)] = 30
+    #: Export OpenTelemetry traces (OTLP; endpoint from the standard ``OTEL_*`` env); needs the
+    #: ``otel`` extra installed.
+    otel: bool = False
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

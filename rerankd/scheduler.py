@@ -9,6 +9,7 @@ loop only enqueues and awaits futures, so it never blocks on the model.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -19,7 +20,15 @@ from typing import Any
 
 from rerankd.errors import EngineFailure, EngineUnavailable, Overloaded, Timeout
 
-__all__ = ["Finish", "Runner", "Scheduler", "SchedulerStats"]
+__all__ = [
+    "BATCH_SIZE_BOUNDS",
+    "QUEUE_WAIT_BOUNDS",
+    "Finish",
+    "Histogram",
+    "Runner",
+    "Scheduler",
+    "SchedulerStats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +51,39 @@ class _Job:
     future: asyncio.Future[list[Any]]
     loop: asyncio.AbstractEventLoop
     deadline: float | None
+    #: ``time.monotonic()`` when queued: a row's queue wait ends when its batch is launched.
+    enqueued: float = 0.0
     outputs: list[Any] = field(default_factory=list)
     remaining: int = 0
     failed: bool = False
 
     def abandoned(self) -> bool:
         return self.failed or self.future.done()
+
+
+#: Upper bounds of the batch-size and queue-wait histograms (rows; seconds).
+BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+QUEUE_WAIT_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    """A fixed-bucket histogram filled by the worker thread and read by a metrics scrape.
+
+    Plain counters, no locks: a scrape may see one observation in ``counts`` but not yet in
+    ``total``, which is harmless. Observing costs one bisect, so the worker never waits on a metrics
+    library."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        #: Per bucket, not cumulative; the last one counts values above every bound.
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.total += value * n
 
 
 @dataclass(slots=True)
@@ -60,6 +96,9 @@ class SchedulerStats:
     last_batch_size: int = 0
     #: Batches that carried rows of more than one request: cross-request batching at work.
     mixed_batches: int = 0
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
+    #: Per sequence: from its request's submit to the launch of the batch that carries it.
+    queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BOUNDS))
 
 
 class Scheduler:
@@ -82,6 +121,8 @@ class Scheduler:
         self._dead: BaseException | None = None
         self._in_flight = 0
         self._busy_since = 0.0
+        #: Rows of the current window not launched yet (written by the worker thread only).
+        self._windowed = 0
         self._thread = threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)
         self.stats = SchedulerStats()
 
@@ -90,7 +131,8 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        """Sequences not yet launched: queued, or taken into the worker's window and waiting there."""
+        return len(self._pending) + self._windowed
 
     @property
     def alive(self) -> bool:
@@ -109,8 +151,12 @@ class Scheduler:
         if not self.alive:
             raise EngineUnavailable()
         loop = asyncio.get_running_loop()
-        job = _Job(ids, type_ids, loop.create_future(), loop, deadline, [None] * len(ids), len(ids))
+        job = _Job(
+            ids, type_ids, loop.create_future(), loop, deadline, time.monotonic(), [None] * len(ids), len(ids)
+        )
         with self._cond:
+            if self._dead is not None:  # died since the check above: nothing would take these rows
+                raise EngineUnavailable()
             # An idle queue admits any request, so one larger than the bound is slow, not refused.
             if self._pending and len(self._pending) + len(ids) > self._max_queue:
                 raise Overloaded(f"scoring queue is full ({len(self._pending)} sequences waiting)")
@@ -129,14 +175,18 @@ class Scheduler:
     # -- worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        window: list[Item] = []
         try:
             while True:
-                window = self._take_window()
-                if window is None:
+                taken = self._take_window()
+                if taken is None:
                     return
+                window = taken
+                self._windowed = len(window)
                 in_flight: tuple[list[Item], Finish] | None = None
                 for batch in self._split(window):
                     launched = self._launch(batch)
+                    self._windowed -= len(batch)
                     if in_flight is not None:
                         self._complete(*in_flight)
                     in_flight = launched
@@ -144,7 +194,14 @@ class Scheduler:
                     self._complete(*in_flight)
         except BaseException as exc:  # the worker must never die silently: fail everything queued
             log.exception("scheduler worker died")
-            self._dead = exc
+            self._windowed = 0
+            with self._cond:
+                self._dead = exc
+            # Jobs of the window being run are no longer in the queue: fail them too, or they wait
+            # for their deadline.
+            for job in {job for job, _ in window}:
+                if not job.abandoned():
+                    self._fail(job, EngineUnavailable())
             self._fail_all(EngineUnavailable())
 
     def _take_window(self) -> list[Item] | None:
@@ -191,6 +248,7 @@ class Scheduler:
         types = None
         if batch[0][0].type_ids is not None:
             types = [job.type_ids[row] for job, row in batch if job.type_ids is not None]
+        self._waited(batch)
         try:
             finish = self._runner(ids, types)
         except Exception:
@@ -223,6 +281,15 @@ class Scheduler:
         for job in {job for job, _ in batch}:
             self._fail(job, EngineFailure())
 
+    def _waited(self, batch: list[Item]) -> None:
+        # Rows of one request share their wait: one observation per request in the batch.
+        rows: dict[_Job, int] = {}
+        for job, _ in batch:
+            rows[job] = rows.get(job, 0) + 1
+        now = time.monotonic()
+        for job, n in rows.items():
+            self.stats.queue_wait.observe(now - job.enqueued, n)
+
     def _landed(self) -> None:
         # Busy time is wall time with a batch in flight; overlapping batches count once.
         self._in_flight -= 1
@@ -235,6 +302,7 @@ class Scheduler:
         s.mixed_batches += n_jobs > 1
         s.sequences += len(ids)
         s.last_batch_size = len(ids)
+        s.batch_sizes.observe(len(ids))
         s.real_tokens += sum(map(len, ids))
         s.padded_tokens += max(map(len, ids)) * len(ids)
 

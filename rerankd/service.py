@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -79,6 +80,9 @@ def search_units(n_scored: int) -> int:
 
 
 class RerankService:
+    #: Seconds between "still loading" log lines while a model loads and warms up.
+    LOAD_PROGRESS_S = 15.0
+
     def __init__(self, settings: Settings, *, engine_factory: EngineFactory = build_engine) -> None:
         self.settings = settings
         configs = settings.models or (embedded_model(),)
@@ -88,6 +92,7 @@ class RerankService:
         self._factory = engine_factory
         self.engines: dict[str, Engine] = {}
         self._ready = asyncio.Event()
+        self._draining = False
         self.scorer = _build_scorer(settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -95,22 +100,51 @@ class RerankService:
     async def start(self) -> None:
         """Load and warm every model; ``ready`` turns true only when all are warm."""
         await self.scorer.open()  # never fails: an unreachable Redis only means no cache for now
-        for name, source in self.sources.items():
+        started_all = time.perf_counter()
+        for i, (name, source) in enumerate(self.sources.items(), 1):
+            log.info("loading model %s (%d of %d) from %s", name, i, len(self.sources), source.path)
             started = time.perf_counter()
             engine = self._factory(source, self.settings)
             self.engines[name] = engine
-            await engine.start()
+            async with self._progress(name, started):
+                await engine.start()
             log.info("model %s ready in %.1f s", name, time.perf_counter() - started)
         self._ready.set()
+        log.info(
+            "ready: %d model(s) loaded and warm in %.1f s",
+            len(self.engines),
+            time.perf_counter() - started_all,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _progress(self, name: str, started: float) -> AsyncIterator[None]:
+        """Log now and then while a long load runs, so a slow start is not mistaken for a hang."""
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(self.LOAD_PROGRESS_S)
+                log.info("still loading model %s: %.0f s so far", name, time.perf_counter() - started)
+
+        task = asyncio.create_task(report(), name=f"rerankd-load-progress-{name}")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    def drain(self) -> None:
+        """Shutdown has begun: ``ready`` turns false so no new traffic is routed here, while
+        requests in flight still finish."""
+        self._draining = True
 
     async def close(self) -> None:
+        self._draining = True
         for engine in self.engines.values():
             await engine.close()
         await self.scorer.close()
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and all(e.healthy for e in self.engines.values())
+        return self._ready.is_set() and not self._draining and all(e.healthy for e in self.engines.values())
 
     # -- requests ----------------------------------------------------------------------------
 

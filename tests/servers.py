@@ -183,10 +183,16 @@ class InProcessServer:
 
 @contextmanager
 def inprocess_server(
-    settings: Settings, timeout: float = 120, *, engine_factory: EngineFactory | None = None
+    settings: Settings,
+    timeout: float = 120,
+    *,
+    service: RerankService | None = None,
+    engine_factory: EngineFactory | None = None,
+    wait_ready: bool = True,
 ) -> Iterator[InProcessServer]:
-    """``engine_factory``: e.g. a real engine wrapped to count what it scores."""
-    service = RerankService(settings, engine_factory=engine_factory or build_engine)
+    """uvicorn on a thread; waits for ``/ready`` (or only ``/health`` when ``wait_ready`` is false).
+    ``engine_factory``: e.g. a real engine wrapped to count what it scores."""
+    service = service or RerankService(settings, engine_factory=engine_factory or build_engine)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"
@@ -195,10 +201,9 @@ def inprocess_server(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
+    path = "/ready" if wait_ready else "/health"
     try:
-        wait_for(
-            lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout, "in-process /ready"
-        )
+        wait_for(lambda: httpx.get(url + path, timeout=2).status_code == 200, timeout, f"in-process {path}")
         yield InProcessServer(url, service, server)
     finally:
         server.should_exit = True

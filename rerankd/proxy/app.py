@@ -19,8 +19,11 @@ from rerankd.auth.gate import Gate, build_gate
 from rerankd.config import Settings
 from rerankd.proxy.auth import AuthMiddleware, open_paths
 from rerankd.proxy.errors import exception_handlers
+from rerankd.proxy.metrics import Metrics, metrics_endpoint
 from rerankd.proxy.middleware import RequestIdMiddleware
+from rerankd.proxy.observe import ObserveMiddleware, observe_unmatched
 from rerankd.proxy.routes import ROUTES
+from rerankd.proxy.tracing import tracing_middleware
 from rerankd.service import RerankService
 
 __all__ = ["create_app"]
@@ -39,6 +42,7 @@ def create_app(
     once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``."""
     svc = service or RerankService(settings)
     keys = gate or build_gate(settings)
+    metrics = Metrics(svc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -65,15 +69,24 @@ def create_app(
             await keys.close()
 
     return Litestar(
-        route_handlers=ROUTES,
-        dependencies={"service": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
+        route_handlers=[*ROUTES, metrics_endpoint],
+        dependencies={
+            "service": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
+            "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
+        },
         exception_handlers=exception_handlers,
         middleware=[
+            *tracing_middleware(settings),
             RequestIdMiddleware,
+            DefineMiddleware(ObserveMiddleware, metrics=metrics),
             DefineMiddleware(
-                AuthMiddleware, gate=keys, open_paths=open_paths(metrics_auth=settings.metrics_auth)
+                AuthMiddleware,
+                gate=keys,
+                open_paths=open_paths(metrics_auth=settings.metrics_auth),
+                on_refused=metrics.refused,
             ),
         ],
+        before_send=[observe_unmatched(metrics)],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

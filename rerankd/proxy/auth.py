@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from litestar import Request
@@ -57,10 +57,18 @@ def note_usage(request: Request[Any, Any, Any], outcome: RerankOutcome) -> None:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, gate: Gate, open_paths: frozenset[str] = OPEN_PATHS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        gate: Gate,
+        open_paths: frozenset[str] = OPEN_PATHS,
+        on_refused: Callable[[RerankdError], None] | None = None,
+    ) -> None:
         self.app = app
         self.gate = gate
         self.open_paths = open_paths
+        #: Told of every refusal (the metrics count them by kind).
+        self.on_refused = on_refused
 
     def _is_open(self, scope: Scope) -> bool:
         # The route's template, not the raw path: "/health/" or "/docs/../v1/rerank" cannot sneak past.
@@ -79,6 +87,8 @@ class AuthMiddleware:
             state[_STATE_KEY] = record.name
             await self.gate.admit(record)
         except RerankdError as exc:
+            if self.on_refused is not None:
+                self.on_refused(exc)
             request: Request[Any, Any, Any] = Request(scope, receive)
             log.info(
                 "request %s: %s %s refused with %d: %s (key %s)",

@@ -12,6 +12,7 @@ from litestar.openapi.spec import SecurityRequirement
 from rerankd.proxy.auth import note_usage
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
+from rerankd.proxy.observe import note_outcome, note_query
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
@@ -47,9 +48,11 @@ def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str
 
 async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
+    note_query(request, service, query)
     work = service.rerank(query, request_id=request_id_of(request), cache=cache_policy(request))
     outcome = await until_disconnect(request, work)
     note_usage(request, outcome)
+    note_outcome(request, outcome)
     return outcome
 
 

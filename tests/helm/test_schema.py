@@ -38,6 +38,7 @@ SCHEMA_VIOLATIONS: list[tuple[dict[str, str], str]] = [
 RENDER_FAILURES: list[tuple[dict[str, str], str]] = [
     ({"config.tensor_parallel_size": "4", "gpu.count": "2"}, "raise gpu.count"),
     ({"preStopSleepSeconds": "20", "terminationGracePeriodSeconds": "45"}, "must exceed preStopSleepSeconds"),
+    ({"config.shutdown_grace_s": "60"}, "config.shutdown_grace_s"),
     ({"redis.external.url": "redis://:pw@cache:6379"}, "holds a password"),
     ({"redis.external.existingSecret": "s"}, "needs redis.external.url"),
     ({"modelCache.type": "existingClaim"}, "needs modelCache.existingClaim"),

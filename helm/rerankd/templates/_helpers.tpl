@@ -172,9 +172,10 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- if and .Values.gpu.enabled (gt $tp (int .Values.gpu.count)) -}}
 {{- fail (printf "config.tensor_parallel_size (%d) needs at least as many GPUs per pod: raise gpu.count (%d)" $tp (int .Values.gpu.count)) -}}
 {{- end -}}
-{{- $drain := add (int .Values.preStopSleepSeconds) 30 -}}
+{{- $grace := int (default 30 (index .Values.config "shutdown_grace_s")) -}}
+{{- $drain := add (int .Values.preStopSleepSeconds) $grace -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + rerankd's 30 s drain (%d)" (int .Values.terminationGracePeriodSeconds) $drain) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + rerankd's %d s drain, config.shutdown_grace_s (%d)" (int .Values.terminationGracePeriodSeconds) $grace $drain) -}}
 {{- end -}}
 {{- if and (eq .Values.modelCache.type "existingClaim") (not .Values.modelCache.existingClaim) -}}
 {{- fail "modelCache.type existingClaim needs modelCache.existingClaim" -}}

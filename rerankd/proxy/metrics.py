@@ -1,0 +1,211 @@
+"""Prometheus metrics on ``/metrics``.
+
+Request families are updated by :mod:`rerankd.proxy.observe` as requests finish. Everything the
+service, its engines and the cache already count is read when Prometheus scrapes (a collector
+callback), so the scoring and cache paths carry no metrics code. Labels stay bounded: route
+templates, never raw paths; model names only from the served set.
+
+Each app has its own registry, so several apps in one process (tests) never clash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+from litestar import Response, get
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from rerankd.errors import RateLimited, RerankdError, Unauthorized
+from rerankd.proxy.auth import METRICS_PATH
+from rerankd.scheduler import Histogram as StatsHistogram
+from rerankd.scheduler import Scheduler
+from rerankd.service import RerankService
+
+__all__ = ["Metrics", "ServiceCollector", "metrics_endpoint"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class Metrics:
+    """The request-side families, plus a collector that reads the service at scrape time."""
+
+    def __init__(self, service: RerankService) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        labels = ("route", "model", "status")
+        self.requests = Counter("rerankd_requests", "HTTP requests answered", labels, registry=r)
+        self.latency = Histogram(
+            "rerankd_request_duration_seconds",
+            "Time from receiving a request to its last response byte",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("rerankd_requests_in_flight", "Requests being answered now", registry=r)
+        self.documents = Counter(
+            "rerankd_documents", "Documents ranked by successful requests", ("model",), registry=r
+        )
+        self.tokens = Counter(
+            "rerankd_input_tokens",
+            "Input tokens of successful requests (scored now or read from the cache)",
+            ("model",),
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "rerankd_auth_failures",
+            "Requests refused by the key check (invalid_key: 401; key_store_unavailable: 503)",
+            ("reason",),
+            registry=r,
+        )
+        for reason in ("invalid_key", "key_store_unavailable"):
+            self.auth_failures.labels(reason)  # present at 0 from the start, so rate() works
+        self.rate_limited = Counter(
+            "rerankd_rate_limited",
+            "Requests refused with 429 because their key is over its limit",
+            registry=r,
+        )
+        r.register(ServiceCollector(service))
+
+    def refused(self, exc: RerankdError) -> None:
+        """Called by the auth middleware when it refuses a request."""
+        if isinstance(exc, RateLimited):
+            self.rate_limited.inc()
+        elif isinstance(exc, Unauthorized):
+            self.auth_failures.labels("invalid_key").inc()
+        else:
+            self.auth_failures.labels("key_store_unavailable").inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ServiceCollector(Collector):
+    """Engine, scheduler and cache counters, read from the service when scraped."""
+
+    def __init__(self, service: RerankService) -> None:
+        self.service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families depend on the engines loaded; describe nothing so none is fixed early
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._lifecycle()
+        yield from self._engines()
+        yield from self._cache()
+
+    def _lifecycle(self) -> Iterator[Metric]:
+        svc = self.service
+        yield GaugeMetricFamily("rerankd_ready", "1 when every model is loaded and warm", value=svc.ready)
+        healthy = GaugeMetricFamily(
+            "rerankd_engine_healthy", "1 while the model's engine runs", labels=["model"]
+        )
+        for name, engine in list(svc.engines.items()):
+            healthy.add_metric([name], float(engine.healthy))
+        yield healthy
+
+    def _engines(self) -> Iterator[Metric]:
+        families = {
+            key: CounterMetricFamily(name, doc, labels=["model"])
+            for key, (name, doc) in _ENGINE_COUNTERS.items()
+        }
+        tokens = CounterMetricFamily(
+            "rerankd_engine_tokens",
+            "Tokens run through the model: real, or padded to the batch",
+            labels=["model", "kind"],
+        )
+        depth = GaugeMetricFamily("rerankd_queue_depth", "Sequences waiting to be batched", labels=["model"])
+        sizes = HistogramMetricFamily("rerankd_batch_size", "Sequences per forward pass", labels=["model"])
+        waits = HistogramMetricFamily(
+            "rerankd_queue_wait_seconds",
+            "Time a sequence waits before its batch is launched",
+            labels=["model"],
+        )
+        for name, engine in list(self.service.engines.items()):
+            stats = engine.stats()
+            for key, family in families.items():
+                if key in stats:
+                    family.add_metric([name], stats[key])
+            for kind in ("real", "padded"):
+                if f"{kind}_tokens" in stats:
+                    tokens.add_metric([name, kind], stats[f"{kind}_tokens"])
+            if "queue_depth" in stats:
+                depth.add_metric([name], stats["queue_depth"])
+            # Engines with a cross-request scheduler (the torch engine) keep histograms in it.
+            scheduler = getattr(engine, "scheduler", None)
+            if isinstance(scheduler, Scheduler):
+                sizes.add_metric([name], *_buckets(scheduler.stats.batch_sizes))
+                waits.add_metric([name], *_buckets(scheduler.stats.queue_wait))
+        yield from families.values()
+        yield from (tokens, depth, sizes, waits)
+
+    def _cache(self) -> Iterator[Metric]:
+        scorer = self.service.scorer
+        if scorer.store is None:
+            return
+        stats = scorer.stats()
+        for key, (name, doc) in _CACHE_COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        errors = CounterMetricFamily(
+            "rerankd_cache_errors",
+            "Cache faults: store errors and timeouts, skipped (circuit open), corrupt values, dropped writes",
+            labels=["kind"],
+        )
+        for kind, key in _CACHE_ERRORS.items():
+            errors.add_metric([kind], stats.get(key, 0))
+        yield errors
+        yield GaugeMetricFamily(
+            "rerankd_cache_write_pending",
+            "Scored pairs waiting to be written",
+            value=stats.get("write_pending", 0),
+        )
+        if "store_entries" in stats:
+            yield GaugeMetricFamily(
+                "rerankd_cache_entries", "Pairs in the in-process cache", value=stats["store_entries"]
+            )
+            yield GaugeMetricFamily(
+                "rerankd_cache_bytes", "Bytes held by the in-process cache", value=stats["store_bytes"]
+            )
+
+
+_ENGINE_COUNTERS: Mapping[str, tuple[str, str]] = {
+    "batches": ("rerankd_engine_batches", "Forward passes run"),
+    "mixed_batches": ("rerankd_engine_mixed_batches", "Forward passes that carried several requests"),
+    "sequences": ("rerankd_engine_sequences", "Sequences scored by the model"),
+    "busy_seconds": ("rerankd_engine_busy_seconds", "Wall time with a forward pass in flight"),
+}
+
+_CACHE_COUNTERS: Mapping[str, tuple[str, str]] = {
+    "hits": ("rerankd_cache_hits", "Pairs read from the cache"),
+    "misses": ("rerankd_cache_misses", "Pairs looked up and not found"),
+    "coalesced": ("rerankd_cache_coalesced", "Missing pairs taken from a concurrent request's scoring"),
+}
+
+_CACHE_ERRORS: Mapping[str, str] = {
+    "store": "store_faults",
+    "skipped": "store_skipped",
+    "corrupt": "corrupt",
+    "write_dropped": "write_dropped",
+}
+
+
+def _buckets(h: StatsHistogram) -> tuple[Sequence[tuple[str, float]], float]:
+    counts = list(h.counts)  # one snapshot: the worker thread may add to it meanwhile
+    cumulative, out = 0, []
+    for bound, n in zip([*map(str, h.bounds), "+Inf"], counts, strict=True):
+        cumulative += n
+        out.append((bound, float(cumulative)))
+    return out, h.total
+
+
+@get(METRICS_PATH, summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint(metrics: Metrics) -> Response[bytes]:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
