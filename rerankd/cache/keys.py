@@ -77,7 +77,8 @@ def decode_value(raw: bytes) -> PairScore | None:
 
 
 def decode_values(raws: Sequence[bytes | None]) -> tuple[list[PairScore | None], int]:
-    """Decode a batch (``None`` stays ``None``); also says how many values were not ours."""
+    """Decode a batch (``None`` stays ``None``); also says how many values were not ours,
+    whatever they are (a misbehaving server may answer other types than bytes)."""
     out: list[PairScore | None] = []
     append, unpack, isfinite, new = out.append, _VALUE.unpack, math.isfinite, tuple.__new__
     bad = 0
@@ -85,7 +86,7 @@ def decode_values(raws: Sequence[bytes | None]) -> tuple[list[PairScore | None],
         if raw is None:
             append(None)
             continue
-        if len(raw) == _VALUE_SIZE and raw[-1] == _VALUE_VERSION:
+        if raw.__class__ is bytes and len(raw) == _VALUE_SIZE and raw[-1] == _VALUE_VERSION:
             fields = unpack(raw)
             if isfinite(fields[0]):
                 append(new(PairScore, fields[:3]))

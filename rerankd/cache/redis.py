@@ -189,9 +189,9 @@ class RedisStore(CacheStore):
         except BaseException:  # cancelled: a probe that never finished must not keep the breaker shut
             self.breaker.abandon()
             raise
-        if len(values) != len(keys):  # a proxy or a wrong server answered: treat as a fault
+        if not isinstance(values, list) or len(values) != len(keys):  # a proxy or another server
             self._counts["garbage"] += 1
-            self._fault(RedisError(f"MGET of {len(keys)} keys answered {len(values)} values"))
+            self._fault(RedisError(f"MGET of {len(keys)} keys answered {type(values).__name__}"))
             return [None] * len(keys)
         self.breaker.success()
         hits = sum(v is not None for v in values)
@@ -212,8 +212,8 @@ class RedisStore(CacheStore):
         return [v for chunk in chunks for v in chunk]
 
     async def _mget_one(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """One MGET on a pooled connection, packed here. The reads of a fully cached request are
-        most of its work; this path costs half the CPU of ``Redis.mget`` (no generic argument
+        """One MGET on a pooled connection, packed here. The read is a large part of a fully cached
+        request's work; this path costs half the CPU of ``Redis.mget`` (no generic argument
         encoding, retry wrapper or per-command metrics). The connection still does the handshake
         (AUTH, SELECT, TLS), and drops itself on any error or cancellation mid-reply."""
         pool = self._client.connection_pool

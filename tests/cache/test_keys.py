@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,12 @@ def test_any_python_string_hashes() -> None:
 def test_values_round_trip_exactly() -> None:
     pair = PairScore(score=0.1 + 0.2, tokens=123_456, chunks=7)
     assert decode_value(encode_value(pair)) == pair
+
+
+def test_values_of_other_types_are_misses_too() -> None:
+    good = encode_value(PairScore(0.25, 3, 1))
+    odd: list[Any] = [good.decode("latin-1"), 15, [good], bytearray(good)]
+    assert decode_values(odd) == ([None] * 4, 4)
 
 
 @pytest.mark.parametrize(
