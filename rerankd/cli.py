@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerankd import __version__
-from rerankd.config import Settings, load_settings, parse_model_spec
+from rerankd.config import Settings, load_settings, parse_model_spec, split_csv
 from rerankd.errors import ConfigError
 
 __all__ = ["main"]
@@ -29,7 +29,11 @@ def _serve_parser(sub: Any) -> None:
         help="a model to serve; repeat for several; the first is the default (default: embedded MiniLM)",
     )
     p.add_argument("--alias", dest="aliases", action="append", metavar="ALIAS=MODEL", help="extra model name")
-    p.add_argument("--engine", choices=["auto", "torch"], help="scoring engine (default auto)")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "vllm", "vllm-sync", "remote"],
+        help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
+    )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
@@ -40,6 +44,35 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-queue-sequences", type=int, dest="max_queue_sequences")
     p.add_argument("--request-timeout-s", type=float, dest="request_timeout_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], dest="log_level")
+    _engine_flags(p)
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    """Options of the vllm, vllm-sync and remote engines (docs/engines.md)."""
+    p.add_argument(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        metavar="URL[,URL...]",
+        help="base URL of an upstream rerank server (engine remote); repeat or separate with commas",
+    )
+    p.add_argument("--upstream-kind", dest="upstream_kind", choices=["cohere", "vllm-rerank", "vllm-score"])
+    p.add_argument("--upstream-api-key", dest="upstream_api_key", help="prefer env RERANKD_UPSTREAM_API_KEY")
+    p.add_argument("--upstream-timeout-s", type=float, dest="upstream_timeout_s")
+    p.add_argument("--upstream-max-connections", type=int, dest="upstream_max_connections")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, dest="vllm_gpu_memory_utilization")
+    p.add_argument("--vllm-max-model-len", type=int, dest="vllm_max_model_len")
+    p.add_argument("--vllm-max-num-seqs", type=int, dest="vllm_max_num_seqs")
+    p.add_argument("--vllm-max-num-batched-tokens", type=int, dest="vllm_max_num_batched_tokens")
+    p.add_argument("--vllm-tensor-parallel-size", type=int, dest="vllm_tensor_parallel_size")
+    p.add_argument("--vllm-data-parallel-size", type=int, dest="vllm_data_parallel_size")
+    p.add_argument("--vllm-quantization", dest="vllm_quantization")
+    p.add_argument("--vllm-enforce-eager", action=argparse.BooleanOptionalAction, dest="vllm_enforce_eager")
+    p.add_argument(
+        "--vllm-enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        dest="vllm_enable_prefix_caching",
+    )
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -51,6 +84,8 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
         if any(not sep for _, sep, _ in pairs):
             raise ConfigError("--alias takes ALIAS=MODEL")
         flags["aliases"] = {a: m for a, _, m in pairs}
+    if "upstreams" in flags:
+        flags["upstreams"] = [u for item in flags["upstreams"] for u in split_csv(item)]
     return flags
 
 
