@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerankd import __version__
+from rerankd.auth import cli as keys_cli
 from rerankd.config import Settings, load_settings, parse_model_spec, split_csv
 from rerankd.errors import ConfigError
 
@@ -37,6 +38,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
+    p.add_argument(
+        "--compile", action="store_const", const=True, help="torch.compile the model (faster on GPU)"
+    )
     p.add_argument("--max-documents", type=int, dest="max_documents")
     p.add_argument("--max-body-bytes", type=int, dest="max_body_bytes")
     p.add_argument("--max-batch-tokens", type=int, dest="max_batch_tokens")
@@ -44,6 +48,30 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-queue-sequences", type=int, dest="max_queue_sequences")
     p.add_argument("--request-timeout-s", type=float, dest="request_timeout_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], dest="log_level")
+    # per-pair result cache (docs/cache.md)
+    p.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        help="cache scored pairs (default on); --no-cache: off",
+    )
+    p.add_argument(
+        "--redis-url", dest="redis_url", help="redis://, rediss:// or unix:// (default: in-process)"
+    )
+    p.add_argument("--cache-ttl-s", type=int, dest="cache_ttl_s", help="seconds a cached pair lives (7 days)")
+    p.add_argument(
+        "--cache-timeout-ms", type=float, dest="cache_timeout_ms", help="budget of a cache read (50)"
+    )
+    p.add_argument("--cache-max-entries", type=int, dest="cache_max_entries", help="in-process cache bound")
+    p.add_argument("--cache-max-bytes", type=int, dest="cache_max_bytes", help="in-process cache bound")
+    p.add_argument("--cache-write-queue", type=int, dest="cache_write_queue", help="pairs awaiting write")
+    # API keys and limits (docs/auth.md)
+    p.add_argument("--auth", choices=["auto", "on", "off"], help="API keys: auto (default), on, off")
+    p.add_argument("--no-auth", dest="auth", action="store_const", const="off", help="same as --auth off")
+    p.add_argument("--keys-file", dest="keys_file", help="JSON keys file (e.g. a mounted Secret)")
+    p.add_argument(
+        "--metrics-auth", dest="metrics_auth", action="store_true", default=None, help="guard /metrics too"
+    )
+    p.add_argument("--max-query-chars", type=int, dest="max_query_chars")
     _engine_flags(p)
 
 
@@ -60,18 +88,18 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-api-key", dest="upstream_api_key", help="prefer env RERANKD_UPSTREAM_API_KEY")
     p.add_argument("--upstream-timeout-s", type=float, dest="upstream_timeout_s")
     p.add_argument("--upstream-max-connections", type=int, dest="upstream_max_connections")
-    p.add_argument("--vllm-gpu-memory-utilization", type=float, dest="vllm_gpu_memory_utilization")
-    p.add_argument("--vllm-max-model-len", type=int, dest="vllm_max_model_len")
-    p.add_argument("--vllm-max-num-seqs", type=int, dest="vllm_max_num_seqs")
-    p.add_argument("--vllm-max-num-batched-tokens", type=int, dest="vllm_max_num_batched_tokens")
-    p.add_argument("--vllm-tensor-parallel-size", type=int, dest="vllm_tensor_parallel_size")
-    p.add_argument("--vllm-data-parallel-size", type=int, dest="vllm_data_parallel_size")
-    p.add_argument("--vllm-quantization", dest="vllm_quantization")
-    p.add_argument("--vllm-enforce-eager", action=argparse.BooleanOptionalAction, dest="vllm_enforce_eager")
+    p.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization")
+    p.add_argument("--max-model-len", type=int, dest="max_model_len")
+    p.add_argument("--max-num-seqs", type=int, dest="max_num_seqs")
+    p.add_argument("--max-num-batched-tokens", type=int, dest="max_num_batched_tokens")
+    p.add_argument("--tensor-parallel-size", type=int, dest="tensor_parallel_size")
+    p.add_argument("--data-parallel-size", type=int, dest="data_parallel_size")
+    p.add_argument("--quantization", dest="quantization")
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, dest="enforce_eager")
     p.add_argument(
-        "--vllm-enable-prefix-caching",
+        "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
-        dest="vllm_enable_prefix_caching",
+        dest="enable_prefix_caching",
     )
 
 
@@ -90,14 +118,18 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(settings: Settings) -> int:
+    import asyncio
+
     import uvicorn
 
+    from rerankd.auth import check_exposure
     from rerankd.proxy.app import create_app
     from rerankd.service import RerankService
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    asyncio.run(check_exposure(settings))  # before loading models: refusals come at once
     service = RerankService(settings)
     exit_code = 0
     server: uvicorn.Server | None = None
@@ -127,8 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"rerankd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    keys_cli.add_parser(sub)
     ns = parser.parse_args(argv)
     try:
+        if ns.command == "keys":
+            return keys_cli.run(ns)
         settings = load_settings(_flags(ns))
         if ns.command == "serve":
             return serve(settings)

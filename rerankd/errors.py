@@ -8,16 +8,22 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "ClientClosedRequest",
     "ConfigError",
     "EngineFailure",
     "EngineStartError",
     "EngineUnavailable",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyStoreUnavailable",
     "ModelNotFound",
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "RateLimited",
     "RerankdError",
     "Timeout",
+    "Unauthorized",
 ]
 
 
@@ -60,6 +66,13 @@ class PayloadTooLarge(RerankdError):
 class ModelNotFound(RerankdError):
     status_code = 404
     default_message = "model not found"
+
+
+class ClientClosedRequest(RerankdError):
+    """The client went away before its answer was ready; its queued work was dropped."""
+
+    status_code = 499
+    default_message = "client closed the request"
 
 
 class Overloaded(RerankdError):
@@ -107,3 +120,39 @@ class EngineFailure(RerankdError):
     @property
     def message(self) -> str:
         return self.default_message
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+class Unauthorized(RerankdError):
+    """A guarded route was called without a valid key (missing, malformed, unknown, revoked, expired)."""
+
+    status_code = 401
+    default_message = "missing or invalid API key"
+
+
+class RateLimited(RerankdError):
+    """A key went over its requests or tokens per minute; ``retry_after`` says when it may retry."""
+
+    status_code = 429
+    default_message = "rate limit exceeded"
+
+
+class KeyStoreUnavailable(Overloaded):
+    """The key store (Redis) has not answered yet, so no key can be checked."""
+
+    default_message = "the API key store is unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 2.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class KeyExists(RerankdError):
+    status_code = 409
+    default_message = "a key with this name already exists"
+
+
+class KeyNotFound(RerankdError):
+    status_code = 404
+    default_message = "no key with this name"

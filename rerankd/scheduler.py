@@ -19,13 +19,16 @@ from typing import Any
 
 from rerankd.errors import EngineFailure, EngineUnavailable, Overloaded, Timeout
 
-__all__ = ["Batch", "Scheduler", "SchedulerStats"]
+__all__ = ["Finish", "Runner", "Scheduler", "SchedulerStats"]
 
 log = logging.getLogger(__name__)
 
-#: A batch handed to the runner: token ids (and token type ids, if the model uses them) per row.
-Batch = tuple[list[list[int]], list[list[int]] | None]
-Runner = Callable[[list[list[int]], list[list[int]] | None], Sequence[Any]]
+#: Launches a batch (token ids, and token type ids if the model uses them, per row) and returns a
+#: function that waits for its outputs. On a GPU the launch only queues kernels, so the worker can
+#: prepare and launch the next batch while this one runs.
+Finish = Callable[[], Sequence[Any]]
+Runner = Callable[[list[list[int]], list[list[int]] | None], Finish]
+Item = tuple["_Job", int]
 
 # How many budgets' worth of pending tokens one sort-and-split pass looks at: large enough to
 # group similar lengths, small enough that a newly arrived request waits at most a few batches.
@@ -55,6 +58,8 @@ class SchedulerStats:
     real_tokens: int = 0
     busy_s: float = 0.0
     last_batch_size: int = 0
+    #: Batches that carried rows of more than one request: cross-request batching at work.
+    mixed_batches: int = 0
 
 
 class Scheduler:
@@ -75,6 +80,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closing = False
         self._dead: BaseException | None = None
+        self._in_flight = 0
+        self._busy_since = 0.0
         self._thread = threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)
         self.stats = SchedulerStats()
 
@@ -104,7 +111,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = _Job(ids, type_ids, loop.create_future(), loop, deadline, [None] * len(ids), len(ids))
         with self._cond:
-            if len(self._pending) + len(ids) > self._max_queue:
+            # An idle queue admits any request, so one larger than the bound is slow, not refused.
+            if self._pending and len(self._pending) + len(ids) > self._max_queue:
                 raise Overloaded(f"scoring queue is full ({len(self._pending)} sequences waiting)")
             self._pending.extend((job, i) for i in range(len(ids)))
             self._cond.notify()
@@ -126,20 +134,26 @@ class Scheduler:
                 window = self._take_window()
                 if window is None:
                     return
+                in_flight: tuple[list[Item], Finish] | None = None
                 for batch in self._split(window):
-                    self._run(batch)
+                    launched = self._launch(batch)
+                    if in_flight is not None:
+                        self._complete(*in_flight)
+                    in_flight = launched
+                if in_flight is not None:
+                    self._complete(*in_flight)
         except BaseException as exc:  # the worker must never die silently: fail everything queued
             log.exception("scheduler worker died")
             self._dead = exc
             self._fail_all(EngineUnavailable())
 
-    def _take_window(self) -> list[tuple[_Job, int]] | None:
+    def _take_window(self) -> list[Item] | None:
         with self._cond:
             while not self._pending and not self._closing:
                 self._cond.wait()
             if self._closing and not self._pending:
                 return None
-            window: list[tuple[_Job, int]] = []
+            window: list[Item] = []
             tokens = 0
             now = time.monotonic()
             while self._pending and tokens < self._max_tokens * _WINDOW_BUDGETS:
@@ -153,10 +167,10 @@ class Scheduler:
                 tokens += len(job.ids[row])
             return window
 
-    def _split(self, window: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
+    def _split(self, window: list[Item]) -> list[list[Item]]:
         window.sort(key=lambda item: len(item[0].ids[item[1]]))
-        batches: list[list[tuple[_Job, int]]] = []
-        current: list[tuple[_Job, int]] = []
+        batches: list[list[Item]] = []
+        current: list[Item] = []
         for item in window:
             longest = len(item[0].ids[item[1]])  # sorted: this row is the longest so far
             if current and (
@@ -169,23 +183,33 @@ class Scheduler:
             batches.append(current)
         return batches
 
-    def _run(self, batch: list[tuple[_Job, int]]) -> None:
+    def _launch(self, batch: list[Item]) -> tuple[list[Item], Finish] | None:
         batch = [item for item in batch if not item[0].abandoned()]
         if not batch:
-            return
+            return None
         ids = [job.ids[row] for job, row in batch]
         types = None
         if batch[0][0].type_ids is not None:
             types = [job.type_ids[row] for job, row in batch if job.type_ids is not None]
-        started = time.perf_counter()
         try:
-            outputs = self._runner(ids, types)
+            finish = self._runner(ids, types)
         except Exception:
-            log.exception("forward pass failed for a batch of %d sequences", len(ids))
-            for job in {job for job, _ in batch}:
-                self._fail(job, EngineFailure())
+            self._batch_failed(batch)
+            return None
+        if self._in_flight == 0:
+            self._busy_since = time.perf_counter()
+        self._in_flight += 1
+        return batch, finish
+
+    def _complete(self, batch: list[Item], finish: Finish) -> None:
+        try:
+            outputs = finish()
+        except Exception:
+            self._batch_failed(batch)
             return
-        self._record(ids, time.perf_counter() - started)
+        finally:
+            self._landed()
+        self._record([job.ids[row] for job, row in batch], len({id(job) for job, _ in batch}))
         for (job, row), out in zip(batch, outputs, strict=True):
             if job.abandoned():
                 continue
@@ -194,14 +218,25 @@ class Scheduler:
             if job.remaining == 0:
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.outputs)
 
-    def _record(self, ids: list[list[int]], elapsed: float) -> None:
+    def _batch_failed(self, batch: list[Item]) -> None:
+        log.exception("forward pass failed for a batch of %d sequences", len(batch))
+        for job in {job for job, _ in batch}:
+            self._fail(job, EngineFailure())
+
+    def _landed(self) -> None:
+        # Busy time is wall time with a batch in flight; overlapping batches count once.
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self.stats.busy_s += time.perf_counter() - self._busy_since
+
+    def _record(self, ids: list[list[int]], n_jobs: int) -> None:
         s = self.stats
         s.batches += 1
+        s.mixed_batches += n_jobs > 1
         s.sequences += len(ids)
         s.last_batch_size = len(ids)
         s.real_tokens += sum(map(len, ids))
         s.padded_tokens += max(map(len, ids)) * len(ids)
-        s.busy_s += elapsed
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         job.failed = True

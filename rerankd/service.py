@@ -10,14 +10,35 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from rerankd.adapters.base import Engine
 from rerankd.adapters.factory import build_engine, resolve_source
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource, embedded_model
+from rerankd.cache import build_store
+from rerankd.cache.keys import Context
 from rerankd.config import Settings
-from rerankd.errors import BadRequest, EngineFailure, EngineUnavailable, ModelNotFound, NotReady, RerankdError
+from rerankd.errors import (
+    BadRequest,
+    ConfigError,
+    EngineFailure,
+    EngineUnavailable,
+    ModelNotFound,
+    NotReady,
+    RerankdError,
+)
+from rerankd.scoring import READ_WRITE, CachePolicy, PairScorer
 
-__all__ = ["Ranked", "RerankOutcome", "RerankQuery", "RerankService", "search_units"]
+__all__ = [
+    "READ_WRITE",
+    "CachePolicy",
+    "Ranked",
+    "RerankOutcome",
+    "RerankQuery",
+    "RerankService",
+    "search_units",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +56,9 @@ class RerankQuery:
     options: EncodeOptions = field(default_factory=EncodeOptions)
 
 
-@dataclass(frozen=True, slots=True)
-class Ranked:
+class Ranked(msgspec.Struct, frozen=True, gc=False):
+    # A struct, not a frozen dataclass: one per document, and a cached request is otherwise cheap
+    # (100 frozen dataclasses cost about 40 µs; these, 5). gc=False: two numbers hold no cycles.
     index: int
     score: float
 
@@ -47,6 +69,9 @@ class RerankOutcome:
     results: list[Ranked]
     input_tokens: int
     search_units: int
+    #: Pairs served from the cache, and the input tokens they account for.
+    cache_hits: int = 0
+    cached_tokens: int = 0
 
 
 def search_units(n_scored: int) -> int:
@@ -64,11 +89,13 @@ class RerankService:
         self._factory = engine_factory
         self.engines: dict[str, Engine] = {}
         self._ready = asyncio.Event()
+        self.scorer = _build_scorer(settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load and warm every model; ``ready`` turns true only when all are warm."""
+        await self.scorer.open()  # never fails: an unreachable Redis only means no cache for now
         for name, source in self.sources.items():
             started = time.perf_counter()
             engine = self._factory(source, self.settings)
@@ -85,6 +112,7 @@ class RerankService:
     async def close(self) -> None:
         for engine in self.engines.values():
             await engine.close()
+        await self.scorer.close()
 
     @property
     def ready(self) -> bool:
@@ -105,6 +133,10 @@ class RerankService:
     def _check(self, q: RerankQuery) -> None:
         if not q.query.strip():
             raise BadRequest("query must not be empty")
+        if len(q.query) > self.settings.max_query_chars:
+            raise BadRequest(
+                f"query too long: {len(q.query)} characters; at most {self.settings.max_query_chars}"
+            )
         if not q.documents:
             raise BadRequest("list of documents must not be empty")
         if len(q.documents) > self.settings.max_documents:
@@ -112,7 +144,21 @@ class RerankService:
                 f"too many documents: {len(q.documents)}; at most {self.settings.max_documents} per request"
             )
 
-    async def rerank(self, q: RerankQuery, *, request_id: str = "-") -> RerankOutcome:
+    def cache_context(self, name: str, q: RerankQuery) -> Context:
+        """Everything besides the texts that changes a pair's score: part of its cache key."""
+        source, opts = self.sources[name], q.options
+        instruction = opts.instruction or source.config.instruction or None
+        return (
+            source.fingerprint,
+            self.engines[name].cache_tag,
+            instruction,
+            opts.max_tokens_per_doc,
+            opts.max_chunks,
+        )
+
+    async def rerank(
+        self, q: RerankQuery, *, request_id: str = "-", cache: CachePolicy = READ_WRITE
+    ) -> RerankOutcome:
         name = self.resolve(q.model)
         self._check(q)
         if not self._ready.is_set():
@@ -122,17 +168,44 @@ class RerankService:
             raise EngineUnavailable()
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
-            result = await engine.score(q.query, q.documents, q.options, deadline=deadline)
+            result = await self.scorer.score(
+                engine,
+                q.query,
+                q.documents,
+                q.options,
+                context=self.cache_context(name, q),
+                policy=cache,
+                deadline=deadline,
+            )
         except RerankdError:
             raise
         except Exception as exc:
             log.exception("request %s: engine %s failed", request_id, name)
             raise EngineFailure() from exc
-        order = sorted(range(len(result.scores)), key=lambda i: (-result.scores[i], i))
+        scores = result.scores
+        # Best first; a stable sort keeps equal scores in request order, also when reversed.
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
         top_n = len(order) if not q.top_n else min(q.top_n, len(order))
         return RerankOutcome(
             model=name,
-            results=[Ranked(i, result.scores[i]) for i in order[:top_n]],
+            results=[Ranked(i, scores[i]) for i in order[:top_n]],
             input_tokens=result.n_tokens,
             search_units=search_units(result.n_chunks),
+            cache_hits=result.hits,
+            cached_tokens=result.cached_tokens,
         )
+
+
+def _build_scorer(settings: Settings) -> PairScorer:
+    if not settings.cache:
+        return PairScorer(None, ttl_s=settings.cache_ttl_s, write_queue=settings.cache_write_queue)
+    try:
+        store = build_store(
+            settings.redis_url,
+            timeout_s=settings.cache_timeout_ms / 1000,
+            max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
+        )
+    except ValueError as exc:  # redis-py rejects the URL or one of its options
+        raise ConfigError(f"invalid redis_url: {exc}") from exc
+    return PairScorer(store, ttl_s=settings.cache_ttl_s, write_queue=settings.cache_write_queue)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -16,12 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import uvicorn
+
+from rerankd.config import Settings
+from rerankd.proxy.app import create_app
+from rerankd.service import RerankService
 
 __all__ = [
+    "InProcessServer",
     "RedisServer",
     "RerankdServer",
     "VLLMServer",
     "free_port",
+    "inprocess_server",
     "redis_server",
     "rerankd_server",
     "vllm_server",
@@ -103,6 +111,8 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     dir: Path
+    #: Extra ``redis-server`` options (e.g. ``--requirepass``, ``--unixsocket``), kept for restarts.
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -115,10 +125,10 @@ class RedisServer:
 
     def start(self) -> None:
         """(Re)start on the same port, e.g. after a test killed it."""
-        self.process = _spawn_redis(self.port, self.dir)
+        self.process = _spawn_redis(self.port, self.dir, self.args)
 
 
-def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+def _spawn_redis(port: int, folder: Path, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (scripts/test installs it)")
@@ -135,6 +145,7 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
             "no",
             "--dir",
             str(folder),
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -143,22 +154,53 @@ def _spawn_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
     def accepting() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # -NOAUTH: up, with a password
 
     wait_for(accepting, 10, f"redis on port {port}")
     return proc
 
 
 @contextmanager
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(*args: str, port: int | None = None) -> Iterator[RedisServer]:
+    """A private Redis on ``port`` (default: a free one); ``args`` are extra ``redis-server`` options."""
     folder = Path(tempfile.mkdtemp(prefix="rerankd-redis-"))
-    port = free_port()
-    server = RedisServer(port, _spawn_redis(port, folder), folder)
+    port = port or free_port()
+    server = RedisServer(port, _spawn_redis(port, folder, args), folder, tuple(args))
     try:
         yield server
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class InProcessServer:
+    """A real uvicorn server on a thread of this process, so tests can look at the service inside."""
+
+    url: str
+    service: RerankService
+    server: uvicorn.Server
+
+
+@contextmanager
+def inprocess_server(settings: Settings, timeout: float = 120) -> Iterator[InProcessServer]:
+    service = RerankService(settings)
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(url + "/ready", timeout=2).status_code == 200, timeout, "in-process /ready"
+        )
+        yield InProcessServer(url, service, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 @dataclass

@@ -22,6 +22,10 @@ class ScoreResult:
     n_tokens: int
     #: Scored sequences that belong to documents (chunks count separately).
     n_chunks: int
+    #: Per document: tokens and sequences it cost (the cache stores them with its score).
+    #: Empty when an engine cannot tell; the query's own sequences are in ``n_tokens`` only.
+    doc_tokens: Sequence[int] = ()
+    doc_chunks: Sequence[int] = ()
 
 
 class Engine(ABC):
@@ -48,6 +52,12 @@ class Engine(ABC):
     def stats(self) -> dict[str, float]:
         return {}
 
+    @property
+    def cache_tag(self) -> str:
+        """Whatever besides the model changes this engine's scores (e.g. its precision); part of
+        every cache key, so replicas that would score a pair differently never share it."""
+        return type(self).__name__
+
 
 class LocalEngine(Engine):
     """An engine that tokenizes here and runs token ids: the format does the model-specific work."""
@@ -71,7 +81,14 @@ class LocalEngine(Engine):
     ) -> ScoreResult:
         encoded = await self.encode(query, documents, opts)
         outputs = await self.infer(encoded, deadline=deadline)
-        return ScoreResult(self.format.combine(encoded, outputs), encoded.n_tokens, encoded.n_chunks)
+        tokens = [0] * encoded.n_documents
+        chunks = [0] * encoded.n_documents
+        for owner, ids in zip(encoded.owner, encoded.ids, strict=True):
+            if owner >= 0:
+                tokens[owner] += len(ids)
+                chunks[owner] += 1
+        scores = self.format.combine(encoded, outputs)
+        return ScoreResult(scores, encoded.n_tokens, encoded.n_chunks, tokens, chunks)
 
     async def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)

@@ -61,4 +61,5 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue_sequences,
         threads=settings.torch_threads,
+        compile=settings.compile,
     )

@@ -153,6 +153,11 @@ class RemoteEngine(Engine):
         now = time.monotonic()
         return self._client is not None and any(until <= now for until in self._down_until.values())
 
+    @property
+    def cache_tag(self) -> str:
+        # The upstream's model and API are in the model's fingerprint; its precision is unknown.
+        return "remote"
+
     def stats(self) -> dict[str, float]:
         return dict(self._counts)
 

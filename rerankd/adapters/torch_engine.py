@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Scheduler
+from rerankd.scheduler import Finish, Scheduler
 
 __all__ = ["TorchEngine", "pick_device", "pick_dtype"]
 
@@ -48,8 +49,10 @@ class TorchEngine(LocalEngine):
         max_batch_size: int = 256,
         max_queue: int = 200_000,
         threads: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(source)
+        self.compile = compile
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
@@ -93,10 +96,15 @@ class TorchEngine(LocalEngine):
     def healthy(self) -> bool:
         return self.scheduler.alive
 
+    @property
+    def cache_tag(self) -> str:
+        return f"torch:{str(self.dtype).removeprefix('torch.')}"
+
     def stats(self) -> dict[str, float]:
         s = self.scheduler.stats
         return {
             "batches": s.batches,
+            "mixed_batches": s.mixed_batches,
             "sequences": s.sequences,
             "real_tokens": s.real_tokens,
             "padded_tokens": s.padded_tokens,
@@ -106,28 +114,47 @@ class TorchEngine(LocalEngine):
 
     # -- scoring -----------------------------------------------------------------------------
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return t
+        # Pinned host memory lets the copy overlap with the previous batch's kernels.
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
         return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
 
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> list[Any]:
-        """Called on the scheduler's thread only."""
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
         assert self._head is not None
         longest = max(map(len, ids))
-        input_ids = torch.full((len(ids), longest), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        types = torch.zeros((len(ids), longest), dtype=torch.long) if type_ids is not None else None
-        for i, row in enumerate(ids):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-            if types is not None and type_ids is not None:
-                types[i, : len(row)] = torch.tensor(type_ids[i])
+        pad = self._pad_id
+        # One tensor from padded lists: far cheaper than filling row by row.
+        input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
+        types = None
+        if type_ids is not None:
+            types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
+            types = self._to_device(types)
         with torch.inference_mode():
-            out = self._head(
-                input_ids.to(self.device),
-                mask.to(self.device),
-                types.to(self.device) if types is not None else None,
-            )
-        return list(out.float().cpu().unbind(0)) if out.dim() == 2 else out.float().cpu().tolist()
+            out = self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+            if self.device.type == "cpu":
+                return partial(_rows, out)
+            # Copy back without waiting; finish() waits for this batch only, after the next one
+            # has been launched behind it.
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record()
+        return partial(_wait_rows, done, host)
+
+
+def _rows(out: torch.Tensor) -> list[Any]:
+    return list(out.unbind(0)) if out.dim() == 2 else out.tolist()
+
+
+def _wait_rows(done: torch.cuda.Event, host: torch.Tensor) -> list[Any]:
+    done.synchronize()
+    return _rows(host)
 
 
 def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:
@@ -135,6 +162,13 @@ def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:
         src.path, dtype=engine.dtype, trust_remote_code=src.config.trust_remote_code
     )
     return model.to(engine.device).eval()
+
+
+def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
+    if not engine.compile:
+        return module
+    # dynamic=True: batch size and length vary with every batch; recompiling per shape would stall.
+    return torch.compile(module, dynamic=True)
 
 
 def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
@@ -145,10 +179,13 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
     fmt = engine.format
     assert isinstance(fmt, LLMYesNoFormat)
     rows = model.get_output_embeddings().weight[[fmt.yes_id, fmt.no_id]].detach().float().clone()
-    decoder = model.get_decoder()
+    decoder = _maybe_compile(engine, model.get_decoder())
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
-        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        # No padding mask: rows are right-padded and attention is causal, so no real token can see
+        # a pad, and positions count from 0 as they should. Without a mask SDPA can take its
+        # flash-attention kernel. Only the last real token of each row is read.
+        hidden = decoder(input_ids=input_ids).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
         logits = last.float() @ rows.T
         return torch.sigmoid(logits[:, 0] - logits[:, 1])
@@ -161,6 +198,7 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
 
     model = _load_model(engine, AutoModelForSequenceClassification, src)
     n_labels = model.config.num_labels
+    model = _maybe_compile(engine, model)
     if n_labels not in (1, 2):
         raise ConfigError(f"model {src.name!r} has {n_labels} labels; a cross-encoder needs 1 or 2")
 
@@ -175,7 +213,7 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
 def _bi_head(engine: TorchEngine, src: ModelSource) -> Head:
     from transformers import AutoModel
 
-    model = _load_model(engine, AutoModel, src)
+    model = _maybe_compile(engine, _load_model(engine, AutoModel, src))
     cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:

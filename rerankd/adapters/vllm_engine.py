@@ -28,7 +28,7 @@ from rerankd.adapters.loader import ModelSource
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 
-__all__ = ["PoolingPlan", "VLLMEngine", "VLLMOptions", "prepare", "start_failure"]
+__all__ = ["PoolingPlan", "VLLMEngine", "VLLMOptions", "prepare", "start_failure", "vllm_cache_tag"]
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,15 @@ class VLLMOptions:
     def from_settings(cls, s: Settings) -> VLLMOptions:
         return cls(
             dtype=s.dtype,
-            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-            max_model_len=s.vllm_max_model_len,
-            max_num_seqs=s.vllm_max_num_seqs,
-            max_num_batched_tokens=s.vllm_max_num_batched_tokens,
-            tensor_parallel_size=s.vllm_tensor_parallel_size,
-            data_parallel_size=s.vllm_data_parallel_size,
-            quantization=s.vllm_quantization,
-            enforce_eager=s.vllm_enforce_eager,
-            enable_prefix_caching=s.vllm_enable_prefix_caching,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
+            quantization=s.quantization,
+            enforce_eager=s.enforce_eager,
+            enable_prefix_caching=s.enable_prefix_caching,
         )
 
 
@@ -171,6 +171,11 @@ def start_failure(source: ModelSource, exc: BaseException) -> str:
     return f"model {source.name!r}: vLLM engine failed to start: {text}"
 
 
+def vllm_cache_tag(dtype: Any) -> str:
+    """Both vLLM engines score alike; the precision vLLM chose (``dtype: auto``) changes scores."""
+    return f"vllm:{str(dtype).removeprefix('torch.')}"
+
+
 def _async_llm(kwargs: dict[str, Any]) -> Any:
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -189,6 +194,7 @@ class VLLMEngine(LocalEngine):
         self._sequences = 0
         self._llm: Any = None
         self._plan: PoolingPlan | None = None
+        self._cache_tag = "vllm"
 
     async def start(self) -> None:
         self.format, plan = await asyncio.to_thread(prepare, self.source, self.options)
@@ -198,12 +204,17 @@ class VLLMEngine(LocalEngine):
             self._llm = await asyncio.to_thread(_async_llm, plan.engine_kwargs)
         except Exception as exc:
             raise EngineStartError(start_failure(self.source, exc)) from exc
+        self._cache_tag = vllm_cache_tag(self._llm.model_config.dtype)
         # Warm-up: starts vLLM's output loop on this event loop and checks the head's shape.
         await self.score("warm-up", ["warm-up document"], EncodeOptions())
 
     @property
     def healthy(self) -> bool:
         return self._llm is not None and not self._llm.errored
+
+    @property
+    def cache_tag(self) -> str:
+        return self._cache_tag
 
     def stats(self) -> dict[str, float]:
         return {"sequences": self._sequences, "in_flight": self._in_flight}

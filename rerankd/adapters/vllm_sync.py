@@ -15,9 +15,9 @@ from typing import Any
 from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
-from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure
+from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure, vllm_cache_tag
 from rerankd.errors import EngineFailure, EngineStartError, EngineUnavailable
-from rerankd.scheduler import Scheduler
+from rerankd.scheduler import Finish, Scheduler
 
 __all__ = ["VLLMSyncEngine"]
 
@@ -45,6 +45,7 @@ class VLLMSyncEngine(LocalEngine):
         self._plan: PoolingPlan | None = None
         self._llm: Any = None
         self._start_error: BaseException | None = None
+        self._cache_tag = "vllm"
         self.scheduler = Scheduler(
             self._run_batch,
             max_batch_tokens=max_batch_tokens,
@@ -71,6 +72,10 @@ class VLLMSyncEngine(LocalEngine):
     def healthy(self) -> bool:
         return self.scheduler.alive and not (self._llm is not None and _engine_dead(self._llm))
 
+    @property
+    def cache_tag(self) -> str:
+        return self._cache_tag
+
     def stats(self) -> dict[str, float]:
         s = self.scheduler.stats
         return {
@@ -93,8 +98,8 @@ class VLLMSyncEngine(LocalEngine):
             raise EngineUnavailable()
         return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
 
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> list[Any]:
-        """Called on the scheduler's thread only."""
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Runs one merged batch to the end (``LLM.encode`` blocks). Scheduler thread only."""
         plan = self._plan
         assert plan is not None
         if self._llm is None:
@@ -103,10 +108,12 @@ class VLLMSyncEngine(LocalEngine):
             except Exception as exc:
                 self._start_error = exc
                 raise
+            self._cache_tag = vllm_cache_tag(self._llm.llm_engine.model_config.dtype)
         prompts = [{"prompt_token_ids": row} for row in ids]
         params = [plan.params(type_ids[i] if type_ids else None) for i in range(len(ids))]
         outputs = self._llm.encode(prompts, params, pooling_task=plan.task, use_tqdm=False)
-        return [plan.output(out.outputs.data) for out in outputs]
+        scores = [plan.output(out.outputs.data) for out in outputs]
+        return lambda: scores
 
 
 def _make_llm(plan: PoolingPlan) -> Any:

@@ -9,11 +9,15 @@ from collections.abc import AsyncIterator, Callable
 
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from rerankd import __version__
+from rerankd.auth.gate import Gate, build_gate
 from rerankd.config import Settings
+from rerankd.proxy.auth import AuthMiddleware, open_paths
 from rerankd.proxy.errors import exception_handlers
 from rerankd.proxy.middleware import RequestIdMiddleware
 from rerankd.proxy.routes import ROUTES
@@ -28,14 +32,17 @@ def create_app(
     settings: Settings,
     *,
     service: RerankService | None = None,
+    gate: Gate | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> Litestar:
     """Build the app. Models load in the background after start-up so ``/health`` answers at
     once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``."""
     svc = service or RerankService(settings)
+    keys = gate or build_gate(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await keys.start()
         loading = asyncio.create_task(svc.start())
 
         def loaded(task: asyncio.Task[None]) -> None:
@@ -55,12 +62,18 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
             await svc.close()
+            await keys.close()
 
     return Litestar(
         route_handlers=ROUTES,
         dependencies={"service": Provide(lambda: svc, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,
-        middleware=[RequestIdMiddleware],
+        middleware=[
+            RequestIdMiddleware,
+            DefineMiddleware(
+                AuthMiddleware, gate=keys, open_paths=open_paths(metrics_auth=settings.metrics_auth)
+            ),
+        ],
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -68,6 +81,14 @@ def create_app(
             version=__version__,
             path="/docs",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="rk-...")
+                }
+            ),
         ),
         debug=False,
+        # Logging is set up by `rerankd serve` (level from --log-level); Litestar's default would reset
+        # the root logger to INFO with its own format.
+        logging_config=None,
     )

@@ -6,32 +6,87 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.datastructures import ResponseHeader
+from litestar.openapi.spec import SecurityRequirement
 
-from rerankd.proxy.errors import ErrorBody, request_id_of
+from rerankd.proxy.auth import note_usage
+from rerankd.proxy.disconnect import until_disconnect
+from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
-from rerankd.service import RerankService
+from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
 __all__ = ["ROUTES"]
 
 AnyRequest = Request[Any, Any, Any]
 
+# Guarded routes, for the OpenAPI description: a bearer key (when keys are on) and the one error body.
+API_KEY: list[SecurityRequirement] = [{"apiKey": []}]
+SCORING_ERRORS = error_responses(400, 401, 404, 413, 429, 500, 503)
 
-@post("/v1/rerank", summary="Rerank (Cohere v1)", status_code=200)
-async def rerank_v1(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
-    outcome = await service.rerank(V1.to_query(data), request_id=request_id_of(request))
-    return V1.cohere(data, outcome, request_id_of(request))
+CACHE_HEADERS = [
+    ResponseHeader(
+        name="X-Cache-Hits",
+        description="HITS/PAIRS: pairs of this request served from the cache, of all pairs",
+        documentation_only=True,
+    )
+]
 
 
-@post("/v2/rerank", summary="Rerank (Cohere v2)", status_code=200)
-async def rerank_v2(data: RerankRequest, service: RerankService, request: AnyRequest) -> CohereResponse:
-    outcome = await service.rerank(V2.to_query(data), request_id=request_id_of(request))
-    return V2.cohere(data, outcome, request_id_of(request))
+def cache_policy(request: AnyRequest) -> CachePolicy:
+    """``Cache-Control: no-cache`` skips the cache read, ``no-store`` the write."""
+    value = request.headers.get("cache-control")
+    if not value:
+        return READ_WRITE
+    directives = {d.strip().lower() for d in value.split(",")}
+    return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
 
 
-@post("/rerank", summary="Rerank (Jina / vLLM style)", status_code=200)
-async def rerank_jina(data: RerankRequest, service: RerankService, request: AnyRequest) -> JinaResponse:
-    outcome = await service.rerank(JINA.to_query(data), request_id=request_id_of(request))
-    return JINA.jina(data, outcome, request_id_of(request))
+def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str]:
+    return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
+
+
+async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
+    """Score, but stop as soon as the client disconnects so its queued work is dropped."""
+    work = service.rerank(query, request_id=request_id_of(request), cache=cache_policy(request))
+    outcome = await until_disconnect(request, work)
+    note_usage(request, outcome)
+    return outcome
+
+
+def _scoring(path: str, summary: str) -> post:
+    """The route decorator shared by the three dialects: same errors, key and headers."""
+    return post(
+        path,
+        summary=summary,
+        status_code=200,
+        responses=SCORING_ERRORS,
+        security=API_KEY,
+        response_headers=CACHE_HEADERS,
+    )
+
+
+@_scoring("/v1/rerank", "Rerank (Cohere v1)")
+async def rerank_v1(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[CohereResponse]:
+    outcome = await _rerank(request, service, V1.to_query(data))
+    return Response(V1.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+
+
+@_scoring("/v2/rerank", "Rerank (Cohere v2)")
+async def rerank_v2(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[CohereResponse]:
+    outcome = await _rerank(request, service, V2.to_query(data))
+    return Response(V2.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+
+
+@_scoring("/rerank", "Rerank (Jina / vLLM style)")
+async def rerank_jina(
+    data: RerankRequest, service: RerankService, request: AnyRequest
+) -> Response[JinaResponse]:
+    outcome = await _rerank(request, service, JINA.to_query(data))
+    return Response(JINA.jina(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
 
 
 class ModelCard(msgspec.Struct):
@@ -48,7 +103,7 @@ class ModelList(msgspec.Struct):
     object: str = "list"
 
 
-@get("/v1/models", summary="Served models")
+@get("/v1/models", summary="Served models", responses=error_responses(401, 429, 503), security=API_KEY)
 async def list_models(service: RerankService) -> ModelList:
     aliases = service.settings.aliases
     return ModelList(

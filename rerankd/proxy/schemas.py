@@ -71,10 +71,12 @@ class Tokens(msgspec.Struct):
     input_tokens: int
 
 
-class CohereMeta(msgspec.Struct):
+class CohereMeta(msgspec.Struct, omit_defaults=True):
     api_version: ApiVersion
     billed_units: BilledUnits
     tokens: Tokens
+    #: Cohere's own field: input tokens of pairs served from the cache; absent when none were.
+    cached_tokens: int | UnsetType = UNSET
 
 
 class CohereResponse(msgspec.Struct):
@@ -145,6 +147,7 @@ class Dialect:
             api_version=ApiVersion(self.api_version),
             billed_units=BilledUnits(outcome.search_units),
             tokens=Tokens(outcome.input_tokens),
+            cached_tokens=outcome.cached_tokens or UNSET,
         )
         return CohereResponse(id=request_id, results=self.results(req, outcome), meta=meta)
 

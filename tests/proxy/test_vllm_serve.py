@@ -35,7 +35,7 @@ def server(
     tiny_qwen3_dir: Path, vllm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RerankdServer]:
     config = _config(tmp_path_factory.mktemp("vllm-serve"), tiny_qwen3_dir)
-    args = ["--config", str(config), "--engine", "vllm", "--dtype", "float32", "--vllm-enforce-eager"]
+    args = ["--config", str(config), "--engine", "vllm", "--dtype", "float32", "--enforce-eager"]
     with rerankd_server(args, env=vllm_env, timeout=400) as srv:
         yield srv
 
@@ -117,7 +117,7 @@ def test_failed_start_exits_with_one_line(tiny_qwen3_dir: Path, vllm_env: dict[s
     env = {**os.environ, **vllm_env, "HF_HUB_OFFLINE": "1"}
     env.pop("VLLM_CPU_KVCACHE_SPACE")  # an explicit KV cache size would skip the memory check
     cmd = [sys.executable, "-m", "rerankd", "serve", "--port", str(free_port()), "--engine", "vllm"]
-    cmd += ["--model", f"tiny={tiny_qwen3_dir}", "--vllm-gpu-memory-utilization", "0.99"]
+    cmd += ["--model", f"tiny={tiny_qwen3_dir}", "--gpu-memory-utilization", "0.99"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 1, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("rerankd: cannot start:")]

@@ -1,0 +1,234 @@
+"""Per-key rate limits and usage counters: in Redis (shared by replicas) or in this process.
+
+Each limit is a token bucket that holds one minute's allowance and refills continuously: ``rpm``
+requests, ``tpm`` scored input tokens. The number of tokens a request scores is known only after
+scoring, so the two limits work differently:
+
+- requests: :meth:`Limiter.admit` takes one request from the bucket, or refuses with the wait until
+  one is there;
+- tokens: ``admit`` only checks that the bucket is not empty, then :meth:`Limiter.charge` takes the
+  tokens actually scored. The bucket may go below zero (one large request); later requests wait until
+  it has refilled past zero. Over any minute a key thus scores at most ``tpm`` plus one request's tokens.
+
+In Redis, admit and charge are Lua scripts: each runs atomically on the server and reads Redis' own
+clock, so replicas share one bucket per key and their clocks do not matter. Litestar's rate-limit
+middleware counts requests per client in fixed windows, with one limit for all; it has no per-key
+limits and nothing for a cost known only after the response, hence the scripts.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from rerankd.auth.keys import KeyRecord
+from rerankd.auth.store import REDIS_PREFIX, connect_redis
+from rerankd.errors import KeyStoreUnavailable
+
+__all__ = ["KeyUsage", "Limiter", "MemoryLimiter", "RedisLimiter"]
+
+
+class KeyUsage(msgspec.Struct, kw_only=True):
+    #: Requests let through the limits (any guarded route, any outcome).
+    requests: int = 0
+    #: Cohere search units and model input tokens of scored requests.
+    search_units: int = 0
+    tokens: int = 0
+    #: Requests refused with 429.
+    rate_limited: int = 0
+    last_used: datetime | None = None
+
+
+class Limiter(ABC):
+    """Backend failures raise :class:`KeyStoreUnavailable`; the caller decides how to degrade."""
+
+    @abstractmethod
+    async def admit(self, key: KeyRecord) -> float:
+        """0.0 when the request may go ahead (and is counted); else seconds to wait before a retry."""
+
+    @abstractmethod
+    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+        """Record a scored request's tokens against the key's token bucket and usage."""
+
+    @abstractmethod
+    async def usage(self, name: str) -> KeyUsage: ...
+
+    async def close(self) -> None:
+        return None
+
+
+# -- in this process ---------------------------------------------------------------------------
+
+
+class _Bucket:
+    __slots__ = ("level", "stamp")
+
+    def __init__(self, level: float, stamp: float) -> None:
+        self.level = level
+        self.stamp = stamp
+
+    def refill(self, capacity: int, now: float) -> float:
+        self.level = min(float(capacity), self.level + (now - self.stamp) * capacity / 60.0)
+        self.stamp = now
+        return self.level
+
+
+def _wait(level: float, capacity: int) -> float:
+    """Seconds until a bucket of this capacity holds one unit again (0 if it does)."""
+    return 0.0 if level >= 1.0 else (1.0 - level) * 60.0 / capacity
+
+
+class MemoryLimiter(Limiter):
+    """Limits and usage for one process: a single replica without Redis. Lost on restart."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._usage: dict[str, KeyUsage] = {}
+
+    def _bucket(self, name: str, kind: str, capacity: int, now: float) -> _Bucket:
+        bucket = self._buckets.setdefault((name, kind), _Bucket(float(capacity), now))
+        bucket.refill(capacity, now)
+        return bucket
+
+    async def admit(self, key: KeyRecord) -> float:
+        now = time.monotonic()
+        usage = self._usage.setdefault(key.name, KeyUsage())
+        rpm = self._bucket(key.name, "rpm", key.rpm, now) if key.rpm else None
+        tpm = self._bucket(key.name, "tpm", key.tpm, now) if key.tpm else None
+        wait = max(
+            _wait(rpm.level, key.rpm) if rpm and key.rpm else 0.0,
+            _wait(tpm.level, key.tpm) if tpm and key.tpm else 0.0,
+        )
+        if wait > 0:
+            usage.rate_limited += 1
+            return wait
+        if rpm is not None:
+            rpm.level -= 1.0
+        usage.requests += 1
+        usage.last_used = datetime.now(UTC)
+        return 0.0
+
+    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+        if key.tpm:
+            self._bucket(key.name, "tpm", key.tpm, time.monotonic()).level -= tokens
+        usage = self._usage.setdefault(key.name, KeyUsage())
+        usage.tokens += tokens
+        usage.search_units += search_units
+
+    async def usage(self, name: str) -> KeyUsage:
+        return msgspec.structs.replace(self._usage.get(name, KeyUsage()))
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+# Shared by both scripts: Redis' clock in seconds, and a bucket's level refilled to now.
+# A bucket is a hash {l: level, t: time}; a missing one is full, so it may expire once refilled.
+_LUA_COMMON = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local function level(key, cap)
+  local v = redis.call('HMGET', key, 'l', 't')
+  if not v[1] then return cap end
+  return math.min(cap, tonumber(v[1]) + (now - tonumber(v[2])) * cap / 60)
+end
+local function store(key, l, cap)
+  redis.call('HSET', key, 'l', tostring(l), 't', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil((cap - l) * 60000 / cap) + 1000)
+end
+"""
+
+# KEYS: rpm bucket, tpm bucket, usage. ARGV: rpm, tpm (0: no limit). Returns the wait in seconds
+# as a string (a Lua number would come back truncated to an integer); "0" when admitted.
+_ADMIT = (
+    _LUA_COMMON
+    + """
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wait, lr = 0, 0
+if rpm > 0 then
+  lr = level(KEYS[1], rpm)
+  if lr < 1 then wait = (1 - lr) * 60 / rpm end
+end
+if tpm > 0 then
+  local lt = level(KEYS[2], tpm)
+  if lt < 1 then wait = math.max(wait, (1 - lt) * 60 / tpm) end
+end
+if wait > 0 then
+  redis.call('HINCRBY', KEYS[3], 'rate_limited', 1)
+  return tostring(wait)
+end
+if rpm > 0 then store(KEYS[1], lr - 1, rpm) end
+redis.call('HINCRBY', KEYS[3], 'requests', 1)
+redis.call('HSET', KEYS[3], 'last_used', tostring(now))
+return '0'
+"""
+)
+
+# KEYS: tpm bucket, usage. ARGV: tpm (0: no limit), tokens, search units.
+_CHARGE = (
+    _LUA_COMMON
+    + """
+local tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm > 0 then store(KEYS[1], level(KEYS[1], tpm) - tokens, tpm) end
+redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
+redis.call('HINCRBY', KEYS[2], 'search_units', tonumber(ARGV[3]))
+return 0
+"""
+)
+
+
+def _keys(name: str) -> tuple[str, str, str]:
+    # The {name} hash tag keeps one key's three entries in one Redis Cluster slot, as scripts need.
+    base = f"{REDIS_PREFIX}{{{name}}}"
+    return f"{base}:rpm", f"{base}:tpm", f"{base}:usage"
+
+
+class RedisLimiter(Limiter):
+    """Limits and usage shared by every replica that uses this Redis."""
+
+    #: After a failure, skip Redis this long: a dead Redis costs requests nothing but a log line.
+    BACKOFF_S = 2.0
+
+    def __init__(self, url: str, *, client: Redis | None = None) -> None:
+        self._own = client is None
+        self.redis = client or connect_redis(url)
+        self._admit = self.redis.register_script(_ADMIT)
+        self._charge = self.redis.register_script(_CHARGE)
+        self._down_until = 0.0
+
+    async def _run(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        if time.monotonic() < self._down_until:
+            raise KeyStoreUnavailable(f"cannot {what}: Redis did not answer a moment ago")
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + self.BACKOFF_S
+            raise KeyStoreUnavailable(f"cannot {what}: Redis: {exc}") from exc
+
+    async def admit(self, key: KeyRecord) -> float:
+        args = [key.rpm or 0, key.tpm or 0]
+        wait = await self._run("check limits", lambda: self._admit(keys=list(_keys(key.name)), args=args))
+        return float(wait)
+
+    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+        _, tpm, usage = _keys(key.name)
+        args = [key.tpm or 0, tokens, search_units]
+        await self._run("record usage", lambda: self._charge(keys=[tpm, usage], args=args))
+
+    async def usage(self, name: str) -> KeyUsage:
+        raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_keys(name)[2]))
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        last = fields.pop("last_used", None)
+        counts = {k: int(v) for k, v in fields.items() if k in KeyUsage.__struct_fields__}
+        when = datetime.fromtimestamp(float(last), UTC) if last else None
+        return KeyUsage(**counts, last_used=when)
+
+    async def close(self) -> None:
+        if self._own:
+            await self.redis.aclose()

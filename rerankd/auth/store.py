@@ -1,0 +1,229 @@
+"""Where key records live: a JSON keys file (e.g. a mounted Kubernetes Secret) or Redis.
+
+Both stores keep the same contract (``tests/auth/test_store_contract.py`` runs one suite against each).
+A running server polls :meth:`KeyStore.version`, a cheap change marker, and reloads all records when
+it changes; the CLI writes through :meth:`create` and :meth:`revoke`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from rerankd.auth.keys import KeyRecord
+from rerankd.errors import KeyExists, KeyNotFound, KeyStoreUnavailable
+
+__all__ = ["REDIS_PREFIX", "FileKeyStore", "KeyStore", "RedisKeyStore", "connect_redis"]
+
+log = logging.getLogger(__name__)
+
+REDIS_PREFIX = "rerankd:auth:"
+
+
+class KeyStore(ABC):
+    """Key records by name. Failures to reach or read the store raise :class:`KeyStoreUnavailable`."""
+
+    #: Where the records are, for messages ("keys file /etc/rerankd/keys.json", "Redis").
+    description: str
+
+    @abstractmethod
+    async def version(self) -> Hashable:
+        """A value that changes whenever any record changes."""
+
+    @abstractmethod
+    async def records(self) -> list[KeyRecord]: ...
+
+    async def get(self, name: str) -> KeyRecord | None:
+        return next((r for r in await self.records() if r.name == name), None)
+
+    @abstractmethod
+    async def create(self, record: KeyRecord) -> None:
+        """Add a record; :class:`KeyExists` if the name is taken (revoked keys keep their name)."""
+
+    @abstractmethod
+    async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
+        """Mark a key revoked (kept on record for usage and audit); revoking twice keeps the first time."""
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def _revoked(record: KeyRecord | None, name: str, when: datetime | None) -> KeyRecord:
+    if record is None:
+        raise KeyNotFound(f"no key named {name!r}")
+    if record.revoked is not None:
+        return record
+    return msgspec.structs.replace(record, revoked=when or datetime.now(UTC))
+
+
+# -- keys file ---------------------------------------------------------------------------------
+
+
+class KeysFile(msgspec.Struct, omit_defaults=True):
+    keys: list[KeyRecord] = msgspec.field(default_factory=list)
+
+
+class FileKeyStore(KeyStore):
+    """A JSON file ``{"keys": [records]}``. Writers replace it atomically, so readers never see half."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.description = f"keys file {self.path}"
+
+    async def version(self) -> Hashable:
+        # stat follows symlinks: a Kubernetes Secret update swaps the target, changing inode and mtime.
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyStoreUnavailable(f"cannot read {self.description}: {exc.strerror}") from exc
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self, *, missing_ok: bool) -> KeysFile:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            if missing_ok:
+                return KeysFile()
+            raise KeyStoreUnavailable(f"{self.description} does not exist") from None
+        except OSError as exc:
+            raise KeyStoreUnavailable(f"cannot read {self.description}: {exc.strerror}") from exc
+        try:
+            return msgspec.json.decode(raw, type=KeysFile)
+        except msgspec.DecodeError as exc:
+            raise KeyStoreUnavailable(f"cannot parse {self.description}: {exc}") from exc
+
+    def _write(self, data: KeysFile) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(msgspec.json.format(msgspec.json.encode(data)) + b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    async def records(self) -> list[KeyRecord]:
+        return self._read(missing_ok=False).keys
+
+    async def create(self, record: KeyRecord) -> None:
+        data = self._read(missing_ok=True)
+        if any(r.name == record.name for r in data.keys):
+            raise KeyExists(f"a key named {record.name!r} already exists in {self.description}")
+        data.keys.append(record)
+        self._write(data)
+
+    async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
+        data = self._read(missing_ok=False)
+        index = next((i for i, r in enumerate(data.keys) if r.name == name), None)
+        revoked = _revoked(None if index is None else data.keys[index], name, when)
+        assert index is not None
+        if revoked is not data.keys[index]:
+            data.keys[index] = revoked
+            self._write(data)
+        return revoked
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+def connect_redis(url: str) -> Redis:
+    # Short timeouts: a request waits on Redis, and a dead Redis must not stall it for long.
+    return Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30)
+
+
+class RedisKeyStore(KeyStore):
+    """Records as JSON in one hash (name → record), and a version set to a fresh random value on
+    every change: a counter would repeat its values after Redis lost its data and start again."""
+
+    _KEYS = REDIS_PREFIX + "keys"
+    _VERSION = REDIS_PREFIX + "keys:version"
+
+    def __init__(self, url: str, *, client: Redis | None = None) -> None:
+        self.description = "Redis"
+        self._own = client is None
+        self.redis = client or connect_redis(url)
+
+    async def version(self) -> Hashable:
+        try:
+            return await self.redis.get(self._VERSION)
+        except (RedisError, OSError) as exc:
+            raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
+
+    def _decode(self, name: bytes | str, raw: bytes | str) -> KeyRecord | None:
+        try:
+            return msgspec.json.decode(raw, type=KeyRecord)
+        except msgspec.DecodeError as exc:
+            # One bad record must not lock every other key out.
+            log.error("ignoring unreadable key record %r in Redis: %s", name, exc)
+            return None
+
+    async def records(self) -> list[KeyRecord]:
+        try:
+            raw = await self.redis.hgetall(self._KEYS)
+        except (RedisError, OSError) as exc:
+            raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
+        decoded = (self._decode(k, v) for k, v in sorted(raw.items()))
+        return [r for r in decoded if r is not None]
+
+    async def get(self, name: str) -> KeyRecord | None:
+        try:
+            raw = await self.redis.hget(self._KEYS, name)
+        except (RedisError, OSError) as exc:
+            raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
+        return None if raw is None else self._decode(name, raw)
+
+    async def create(self, record: KeyRecord) -> None:
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(self._KEYS, record.name, msgspec.json.encode(record))
+                pipe.set(self._VERSION, uuid.uuid4().hex)
+                added, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
+        if not added:
+            raise KeyExists(f"a key named {record.name!r} already exists in Redis")
+
+    async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
+        current = await self.get(name)
+        revoked = _revoked(current, name, when)
+        if revoked is not current:
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(self._KEYS, name, msgspec.json.encode(revoked))
+                    pipe.set(self._VERSION, uuid.uuid4().hex)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
+        return revoked
+
+    async def close(self) -> None:
+        if self._own:
+            await self.redis.aclose()

@@ -1,0 +1,95 @@
+"""What the cache stores: one key per (scoring context, query, document), one small value per key.
+
+Key: ``rerankd:pair:`` + the 16-byte BLAKE2b digest of the fields ``format version, *context,
+query``, each length-prefixed, followed by the document's UTF-8 bytes. The context names
+everything besides the texts that changes a score: the model fingerprint (name, format, config,
+tokenizer, weights, scoring version), the engine's precision, the effective instruction and the
+truncation/chunking options. Length prefixes make the hashed bytes self-delimiting, so no two
+(context, query, document) triples hash the same bytes.
+
+Value: 15 bytes, ``<d I H B``: score (float64, so cached and fresh scores are equal bit for
+bit), tokens the pair cost when scored, scored chunks (Cohere bills chunks), format version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__ = ["KEY_PREFIX", "PairScore", "decode_value", "decode_values", "encode_value", "pair_keys"]
+
+KEY_PREFIX = b"rerankd:pair:"
+_KEY_VERSION = "pair-1"
+_VALUE = struct.Struct("<dIHB")
+_VALUE_VERSION = 1
+_VALUE_SIZE = _VALUE.size
+_MAX_TOKENS = 2**32 - 1
+_MAX_CHUNKS = 2**16 - 1
+
+Context = Sequence[str | int | None]
+
+
+class PairScore(NamedTuple):
+    """A scored pair: the score, and what scoring it cost (for usage reports of cached pairs).
+    A tuple, not a dataclass: a fully cached request makes one per document, and this is cheaper."""
+
+    score: float
+    tokens: int
+    chunks: int
+
+
+def pair_keys(context: Context, query: str, documents: Sequence[str]) -> list[bytes]:
+    """One key per document, in order. The shared prefix is hashed once per request."""
+    base = hashlib.blake2b(digest_size=16)
+    for part in (_KEY_VERSION, *context, query):
+        base.update(_field(part))
+    copy, prefix = base.copy, KEY_PREFIX
+    keys = []
+    for doc in documents:  # the hot loop of a cached request: locals, no calls beyond hashing
+        h = copy()
+        h.update(doc.encode("utf-8", "surrogatepass"))
+        keys.append(prefix + h.digest())
+    return keys
+
+
+def _field(part: str | int | None) -> bytes:
+    if part is None:
+        return b"n;"
+    if isinstance(part, int):
+        return b"i%d;" % part
+    # surrogatepass: any Python string hashes, even one no JSON decoder would produce.
+    raw = part.encode("utf-8", "surrogatepass")
+    return b"s%d:" % len(raw) + raw
+
+
+def encode_value(pair: PairScore) -> bytes:
+    return _VALUE.pack(
+        pair.score, min(pair.tokens, _MAX_TOKENS), min(pair.chunks, _MAX_CHUNKS), _VALUE_VERSION
+    )
+
+
+def decode_value(raw: bytes) -> PairScore | None:
+    """``None`` for anything that is not a value this version wrote: it is then a miss."""
+    return decode_values([raw])[0][0]
+
+
+def decode_values(raws: Sequence[bytes | None]) -> tuple[list[PairScore | None], int]:
+    """Decode a batch (``None`` stays ``None``); also says how many values were not ours."""
+    out: list[PairScore | None] = []
+    append, unpack, isfinite, new = out.append, _VALUE.unpack, math.isfinite, tuple.__new__
+    bad = 0
+    for raw in raws:  # hot on cached requests: one pass, no per-value function calls of our own
+        if raw is None:
+            append(None)
+            continue
+        if len(raw) == _VALUE_SIZE and raw[-1] == _VALUE_VERSION:
+            fields = unpack(raw)
+            if isfinite(fields[0]):
+                append(new(PairScore, fields[:3]))
+                continue
+        bad += 1
+        append(None)
+    return out, bad

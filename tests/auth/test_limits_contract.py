@@ -1,0 +1,122 @@
+"""One contract, two limiters: in this process and in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from rerankd.auth.keys import KeyRecord, digest_of, generate_key
+from rerankd.auth.limits import KeyUsage, Limiter, MemoryLimiter, RedisLimiter
+from rerankd.errors import KeyStoreUnavailable
+from tests.servers import RedisServer, free_port
+
+
+def key(name: str = "app", *, rpm: int | None = None, tpm: int | None = None) -> KeyRecord:
+    return KeyRecord(name=name, digest=digest_of(generate_key()), created=datetime.now(UTC), rpm=rpm, tpm=tpm)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+    made: Limiter
+    if request.param == "memory":
+        made = MemoryLimiter()
+    else:
+        redis: RedisServer = request.getfixturevalue("clean_redis")
+        made = RedisLimiter(redis.url)
+    yield made
+    await made.close()
+
+
+async def test_without_limits_every_request_passes_and_counts(limiter: Limiter) -> None:
+    k = key()
+    before = datetime.now(UTC).replace(microsecond=0)
+    for _ in range(50):
+        assert await limiter.admit(k) == 0.0
+    usage = await limiter.usage("app")
+    assert usage.requests == 50
+    assert usage.rate_limited == 0
+    assert usage.last_used is not None
+    assert usage.last_used >= before
+
+
+async def test_requests_per_minute_allow_a_burst_of_rpm_then_refuse(limiter: Limiter) -> None:
+    k = key(rpm=3)
+    assert [await limiter.admit(k) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = await limiter.admit(k)
+    # One request comes back every 60/3 = 20 s.
+    assert 19.0 < wait <= 20.0
+    usage = await limiter.usage("app")
+    assert (usage.requests, usage.rate_limited) == (3, 1)
+
+
+async def test_a_refused_key_recovers_after_the_wait(limiter: Limiter) -> None:
+    k = key(rpm=60)  # refills one request per second
+    admitted = 0
+    while (wait := await limiter.admit(k)) == 0.0:
+        admitted += 1
+        assert admitted <= 70, "the limit never applied"
+    assert admitted >= 60
+    assert 0.0 < wait <= 1.0
+    await asyncio.sleep(wait + 0.05)
+    assert await limiter.admit(k) == 0.0
+
+
+async def test_tokens_are_charged_after_scoring_and_may_overdraw(limiter: Limiter) -> None:
+    k = key(tpm=100)
+    assert await limiter.admit(k) == 0.0  # a full bucket lets a request in whatever its size
+    await limiter.charge(k, tokens=150, search_units=2)
+    wait = await limiter.admit(k)
+    # 51 tokens short (to reach 1) at 100 tokens per 60 s.
+    assert 30.0 < wait <= 30.6
+    usage = await limiter.usage("app")
+    assert (usage.requests, usage.tokens, usage.search_units, usage.rate_limited) == (1, 150, 2, 1)
+
+
+async def test_within_the_token_budget_requests_pass(limiter: Limiter) -> None:
+    k = key(rpm=100, tpm=1000)
+    for _ in range(5):
+        assert await limiter.admit(k) == 0.0
+        await limiter.charge(k, tokens=100, search_units=1)
+    usage = await limiter.usage("app")
+    assert (usage.requests, usage.tokens, usage.search_units) == (5, 500, 5)
+
+
+async def test_keys_are_limited_independently(limiter: Limiter) -> None:
+    a, b = key("a", rpm=1), key("b", rpm=1)
+    assert await limiter.admit(a) == 0.0
+    assert await limiter.admit(a) > 0
+    assert await limiter.admit(b) == 0.0
+    assert (await limiter.usage("b")).rate_limited == 0
+
+
+async def test_unknown_key_has_zero_usage(limiter: Limiter) -> None:
+    assert await limiter.usage("nobody") == KeyUsage()
+
+
+# -- Redis only --------------------------------------------------------------------------------
+
+
+async def test_replicas_share_one_bucket(clean_redis: RedisServer) -> None:
+    first, second = RedisLimiter(clean_redis.url), RedisLimiter(clean_redis.url)
+    k = key(rpm=10)
+    try:
+        results = await asyncio.gather(*(lim.admit(k) for _ in range(10) for lim in (first, second)))
+        assert sum(1 for w in results if w == 0.0) == 10
+        assert (await second.usage("app")).requests == 10
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_an_unreachable_redis_raises_unavailable_then_backs_off() -> None:
+    limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(KeyStoreUnavailable, match="Redis"):
+            await limiter.admit(key())
+        with pytest.raises(KeyStoreUnavailable, match="a moment ago"):
+            await limiter.charge(key(), tokens=1, search_units=1)
+    finally:
+        await limiter.close()

@@ -1,0 +1,44 @@
+"""The command line: bad settings and bad models exit at once with a one-line reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def rerankd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rerankd", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_version() -> None:
+    out = rerankd("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("rerankd ")
+
+
+def test_missing_model_folder_exits_2(tmp_path: Path) -> None:
+    out = rerankd("serve", "--model", f"m={tmp_path / 'missing'}", "--port", "0")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "is not a folder and not a hub id" in out.stderr
+
+
+def test_folder_without_config_exits_2(tmp_path: Path) -> None:
+    out = rerankd("serve", "--model", str(tmp_path), "--port", "0")
+    assert out.returncode == 2
+    assert "no readable config.json" in out.stderr
+
+
+def test_bad_setting_exits_2() -> None:
+    out = rerankd("serve", "--device", "tpu")
+    assert out.returncode == 2
+    assert "device" in out.stderr
+
+
+def test_bad_alias_flag_exits_2() -> None:
+    out = rerankd("serve", "--alias", "no-equals-sign")
+    assert out.returncode == 2
+    assert "ALIAS=MODEL" in out.stderr
