@@ -80,6 +80,7 @@ class VLLMSyncEngine(LocalEngine):
         s = self.scheduler.stats
         return {
             "batches": s.batches,
+            "mixed_batches": s.mixed_batches,
             "sequences": s.sequences,
             "busy_seconds": s.busy_s,
             "queue_depth": self.scheduler.queue_depth,

@@ -36,7 +36,18 @@ def _front(
     upstreams: str, kind: str, model: str, key: str | None = UPSTREAM_KEY
 ) -> AbstractContextManager[RerankdServer]:
     env = {"RERANKD_UPSTREAM_API_KEY": key} if key else {}
-    args = ["--engine", "remote", "--upstream", upstreams, "--upstream-kind", kind, "--model", model]
+    # No result cache: every request must reach the upstreams under test.
+    args = [
+        "--engine",
+        "remote",
+        "--upstream",
+        upstreams,
+        "--upstream-kind",
+        kind,
+        "--model",
+        model,
+        "--no-cache",
+    ]
     return rerankd_server(args, env=env)
 
 

@@ -35,7 +35,17 @@ def server(
     tiny_qwen3_dir: Path, vllm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RerankdServer]:
     config = _config(tmp_path_factory.mktemp("vllm-serve"), tiny_qwen3_dir)
-    args = ["--config", str(config), "--engine", "vllm", "--dtype", "float32", "--enforce-eager"]
+    # No result cache: every request must reach the engine under test.
+    args = [
+        "--config",
+        str(config),
+        "--engine",
+        "vllm",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--no-cache",
+    ]
     with rerankd_server(args, env=vllm_env, timeout=400) as srv:
         yield srv
 
