@@ -9,7 +9,7 @@ from typing import Any
 
 from rerankd import __version__
 from rerankd.auth import cli as keys_cli
-from rerankd.config import Settings, load_settings, parse_model_spec
+from rerankd.config import Settings, load_settings, parse_model_spec, split_csv
 from rerankd.errors import ConfigError
 
 __all__ = ["main"]
@@ -29,7 +29,11 @@ def _serve_parser(sub: Any) -> None:
         help="a model to serve; repeat for several; the first is the default (default: embedded MiniLM)",
     )
     p.add_argument("--alias", dest="aliases", action="append", metavar="ALIAS=MODEL", help="extra model name")
-    p.add_argument("--engine", choices=["auto", "torch"], help="scoring engine (default auto)")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "vllm", "vllm-sync", "remote"],
+        help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
+    )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
@@ -81,6 +85,35 @@ def _serve_parser(sub: Any) -> None:
         help="seconds SIGTERM lets requests in flight finish (30)",
     )
     p.add_argument("--otel", action="store_const", const=True, help="export OpenTelemetry traces (OTLP)")
+    _engine_flags(p)
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    """Options of the vllm, vllm-sync and remote engines (docs/engines.md)."""
+    p.add_argument(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        metavar="URL[,URL...]",
+        help="base URL of an upstream rerank server (engine remote); repeat or separate with commas",
+    )
+    p.add_argument("--upstream-kind", dest="upstream_kind", choices=["cohere", "vllm-rerank", "vllm-score"])
+    p.add_argument("--upstream-api-key", dest="upstream_api_key", help="prefer env RERANKD_UPSTREAM_API_KEY")
+    p.add_argument("--upstream-timeout-s", type=float, dest="upstream_timeout_s")
+    p.add_argument("--upstream-max-connections", type=int, dest="upstream_max_connections")
+    p.add_argument("--gpu-memory-utilization", type=float, dest="gpu_memory_utilization")
+    p.add_argument("--max-model-len", type=int, dest="max_model_len")
+    p.add_argument("--max-num-seqs", type=int, dest="max_num_seqs")
+    p.add_argument("--max-num-batched-tokens", type=int, dest="max_num_batched_tokens")
+    p.add_argument("--tensor-parallel-size", type=int, dest="tensor_parallel_size")
+    p.add_argument("--data-parallel-size", type=int, dest="data_parallel_size")
+    p.add_argument("--quantization", dest="quantization")
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, dest="enforce_eager")
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        dest="enable_prefix_caching",
+    )
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -92,6 +125,8 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
         if any(not sep for _, sep, _ in pairs):
             raise ConfigError("--alias takes ALIAS=MODEL")
         flags["aliases"] = {a: m for a, _, m in pairs}
+    if "upstreams" in flags:
+        flags["upstreams"] = [u for item in flags["upstreams"] for u in split_csv(item)]
     return flags
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "parse_model_spec",
+    "split_csv",
 ]
 
 ENV_PREFIX = "RERANKD_"
@@ -56,7 +57,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     models: tuple[ModelConfig, ...] = ()
     #: Extra names clients may send, mapped to served model names.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
-    engine: Literal["auto", "torch"] = "auto"
+    engine: Literal["auto", "torch", "vllm", "vllm-sync", "remote"] = "auto"
     device: Annotated[str, Meta(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: Intra-op threads of the torch engine; default: torch's own choice.
@@ -103,6 +104,29 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: ``otel`` extra installed.
     otel: bool = False
 
+    # -- vLLM and remote engines (docs/engines.md) -------------------------------------------
+    #: Base URLs that ``engine: remote`` forwards scoring to; tried in turn when one fails.
+    upstreams: tuple[Annotated[str, Meta(pattern=r"^https?://[^\s,]+$")], ...] = ()
+    #: The upstream API: ``cohere`` (POST /v2/rerank), ``vllm-rerank`` (/rerank), ``vllm-score`` (/score).
+    upstream_kind: Literal["cohere", "vllm-rerank", "vllm-score"] = "cohere"
+    #: Sent as ``Authorization: Bearer <key>`` to every upstream.
+    upstream_api_key: str | None = None
+    #: Per attempt; a request's own deadline (request_timeout_s) caps all attempts together.
+    upstream_timeout_s: PositiveFloat = 60.0
+    upstream_max_connections: PositiveInt = 100
+    # vLLM engine options, named as vLLM names them; None leaves vLLM's default.
+    #: On GPU the fraction of GPU memory vLLM takes; on CPU builds, of host memory.
+    gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] | None = None
+    max_model_len: PositiveInt | None = None
+    max_num_seqs: PositiveInt | None = None
+    max_num_batched_tokens: PositiveInt | None = None
+    tensor_parallel_size: PositiveInt = 1
+    data_parallel_size: PositiveInt = 1
+    quantization: str | None = None
+    enforce_eager: bool = False
+    #: The query prefix every pair of a request shares is computed once (causal models only).
+    enable_prefix_caching: bool = True
+
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -111,11 +135,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         for alias, target in self.aliases.items():
             if self.models and target not in names:
                 raise ValueError(f"alias {alias!r} points to {target!r}, which is not a served model")
+        if self.engine == "remote" and not (self.upstreams and self.models):
+            raise ValueError(
+                "engine remote needs upstreams (--upstream URL) and models (--model NAME=UPSTREAM_MODEL)"
+            )
 
 
 # Keys whose env/flag form is a comma-separated list or NAME=VALUE map.
 _LIST_KEYS = {"models"}
 _MAP_KEYS = {"aliases"}
+_CSV_KEYS = {"upstreams"}
+# Singular env names that read naturally for one value.
+_ENV_SINGULAR = {"model": "models", "upstream": "upstreams"}
 
 
 def parse_model_spec(spec: str) -> dict[str, str]:
@@ -125,6 +156,10 @@ def parse_model_spec(spec: str) -> dict[str, str]:
     if sep and name and "/" not in name:
         return {"name": name, "path": path}
     return {"name": Path(spec.rstrip("/")).name or spec, "path": spec}
+
+
+def split_csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _parse_map(text: str) -> dict[str, str]:
@@ -165,14 +200,15 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name == "model":  # singular reads naturally for one model
-            name = "models"
+        name = _ENV_SINGULAR.get(name, name)
         if name not in fields:
             continue
         if name in _LIST_KEYS:
             out[name] = [parse_model_spec(s) for s in value.split(",") if s.strip()]
         elif name in _MAP_KEYS:
             out[name] = _parse_map(value)
+        elif name in _CSV_KEYS:
+            out[name] = split_csv(value)
         else:
             out[name] = value
     return out

@@ -11,6 +11,7 @@ __all__ = [
     "ClientClosedRequest",
     "ConfigError",
     "EngineFailure",
+    "EngineStartError",
     "EngineUnavailable",
     "KeyExists",
     "KeyNotFound",
@@ -102,6 +103,12 @@ class EngineUnavailable(Overloaded):
 
     def __init__(self, detail: str | None = None, *, retry_after: float | None = 5.0) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class EngineStartError(RerankdError):
+    """An engine could not load its model (bad files, out of memory); the server exits."""
+
+    default_message = "the scoring engine could not start"
 
 
 class EngineFailure(RerankdError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -13,9 +14,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from rerankd.adapters.base import Engine
-from rerankd.adapters.factory import build_engine
+from rerankd.adapters.factory import build_engine, resolve_source
 from rerankd.adapters.formats import EncodeOptions
-from rerankd.adapters.loader import ModelSource, embedded_model, resolve_model
+from rerankd.adapters.loader import ModelSource, embedded_model
 from rerankd.cache import build_store
 from rerankd.cache.keys import Context
 from rerankd.config import Settings
@@ -87,7 +88,7 @@ class RerankService:
         self.settings = settings
         configs = settings.models or (embedded_model(),)
         # Resolving is quick (no weights read) and fails fast on a bad path or unknown format.
-        self.sources: dict[str, ModelSource] = {c.name: resolve_model(c) for c in configs}
+        self.sources: dict[str, ModelSource] = {c.name: resolve_source(c, settings) for c in configs}
         self.default_model = configs[0].name
         self._factory = engine_factory
         self.engines: dict[str, Engine] = {}
@@ -109,6 +110,11 @@ class RerankService:
             async with self._progress(name, started):
                 await engine.start()
             log.info("model %s ready in %.1f s", name, time.perf_counter() - started)
+        # What is loaded by now (frameworks, model code) lives as long as the process: take it
+        # out of the collector's reach, or every full collection walks it (~1 s with vLLM
+        # loaded) while the event loop stands still.
+        gc.collect()
+        gc.freeze()
         self._ready.set()
         log.info(
             "ready: %d model(s) loaded and warm in %.1f s",

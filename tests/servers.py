@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +28,12 @@ __all__ = [
     "InProcessServer",
     "RedisServer",
     "RerankdServer",
+    "VLLMServer",
     "free_port",
     "inprocess_server",
     "redis_server",
     "rerankd_server",
+    "vllm_server",
     "wait_for",
 ]
 
@@ -208,3 +210,79 @@ def inprocess_server(
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@dataclass
+class VLLMServer:
+    """vLLM's OpenAI-compatible server in its own process group (it spawns engine processes)."""
+
+    port: int
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def start(self, timeout: float = 240) -> None:
+        """(Re)start on the same port and wait until it answers ``/health``."""
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), *self.args]
+        with self.log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        self.process = proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{self.log()[-5000:]}")
+            return httpx.get(self.url + "/health", timeout=2).status_code == 200
+
+        wait_for(up, timeout, "vLLM server /health")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server and its engine processes (SIGKILL: as in a crash)."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        # Engine processes share the group: wait until none is left holding memory or ports.
+        wait_for(lambda: not _group_alive(proc.pid), 60, "vLLM engine processes to exit")
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies waiting to be reaped do not count)."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+@contextmanager
+def vllm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> Iterator[VLLMServer]:
+    log = Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    server = VLLMServer(free_port(), list(args), full_env, log)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+        log.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from rerankd.adapters.prompts import PromptTemplate
+from rerankd.adapters.prompts import QWEN3, PromptTemplate
 
 __all__ = [
     "FORMATS",
@@ -24,6 +24,7 @@ __all__ = [
     "FormatKind",
     "LLMYesNoFormat",
     "ModelFormat",
+    "make_format",
     "windows",
 ]
 
@@ -223,3 +224,14 @@ def _limit_chunks(enc: Any, n_docs: int, max_chunks: int, chunked: bool) -> Enco
 FORMATS: dict[str, type[ModelFormat]] = {
     f.kind: f for f in (LLMYesNoFormat, CrossEncoderFormat, BiEncoderFormat)
 }
+
+
+def make_format(kind: str, tokenizer: Any, max_length: int) -> ModelFormat:
+    """The format of a model kind; LLM rerankers use the Qwen3 model card's prompt."""
+    if kind == "llm-yes-no":
+        return LLMYesNoFormat(tokenizer, max_length, QWEN3)
+    if kind == "cross-encoder":
+        return CrossEncoderFormat(tokenizer, max_length)
+    if kind == "bi-encoder":
+        return BiEncoderFormat(tokenizer, max_length)
+    raise ValueError(f"no local model format {kind!r}")

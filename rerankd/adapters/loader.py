@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rerankd.adapters.formats import FormatKind
 from rerankd.config import ModelConfig
@@ -16,7 +16,9 @@ __all__ = [
     "EMBEDDED_MODEL_NAME",
     "SCORING_VERSION",
     "ModelSource",
+    "SourceFormat",
     "embedded_model",
+    "remote_model",
     "resolve_model",
 ]
 
@@ -29,6 +31,9 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1
 _SANE_LENGTH = 1_000_000
 _LLM_DEFAULT_MAX_LENGTH = 8192
 
+#: ``remote``: scored by an upstream server; its files, format and limits are the upstream's.
+SourceFormat = FormatKind | Literal["remote"]
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSource:
@@ -36,7 +41,8 @@ class ModelSource:
 
     name: str
     path: Path
-    format: FormatKind
+    format: SourceFormat
+    #: Tokens per scored sequence; 0 when unknown here (remote models).
     max_length: int
     fingerprint: str
     config: ModelConfig
@@ -127,5 +133,21 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
         format=kind,
         max_length=max_length,
         fingerprint=_fingerprint(path, kind, cfg),
+        config=cfg,
+    )
+
+
+def remote_model(cfg: ModelConfig, upstream_kind: str) -> ModelSource:
+    """A model an upstream server scores: ``cfg.path`` is the model name the upstream serves."""
+    h = hashlib.sha256()
+    # Cached scores follow the upstream's model and API, not which replica answered.
+    for part in (SCORING_VERSION, "remote", upstream_kind, cfg.path, cfg.revision or ""):
+        h.update(part.encode() + b"\0")
+    return ModelSource(
+        name=cfg.name,
+        path=Path(cfg.path),
+        format="remote",
+        max_length=cfg.max_length or 0,
+        fingerprint=h.hexdigest()[:20],
         config=cfg,
     )

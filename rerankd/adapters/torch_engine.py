@@ -11,16 +11,8 @@ from typing import Any
 import torch
 
 from rerankd.adapters.base import LocalEngine
-from rerankd.adapters.formats import (
-    BiEncoderFormat,
-    CrossEncoderFormat,
-    Encoded,
-    EncodeOptions,
-    LLMYesNoFormat,
-    ModelFormat,
-)
+from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
-from rerankd.adapters.prompts import QWEN3
 from rerankd.errors import ConfigError
 from rerankd.scheduler import Finish, Scheduler
 
@@ -90,7 +82,7 @@ class TorchEngine(LocalEngine):
         src = self.source
         tokenizer = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.config.trust_remote_code)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.format = _make_format(src, tokenizer)
+        self.format = make_format(src.format, tokenizer, src.max_length)
         log.info(
             "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
         )
@@ -163,14 +155,6 @@ def _rows(out: torch.Tensor) -> list[Any]:
 def _wait_rows(done: torch.cuda.Event, host: torch.Tensor) -> list[Any]:
     done.synchronize()
     return _rows(host)
-
-
-def _make_format(src: ModelSource, tokenizer: Any) -> ModelFormat:
-    if src.format == "llm-yes-no":
-        return LLMYesNoFormat(tokenizer, src.max_length, QWEN3)
-    if src.format == "cross-encoder":
-        return CrossEncoderFormat(tokenizer, src.max_length)
-    return BiEncoderFormat(tokenizer, src.max_length)
 
 
 def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:

