@@ -138,6 +138,11 @@ class TorchEngine(LocalEngine):
             )
         return list(out.float().cpu().unbind(0)) if out.dim() == 2 else out.float().cpu().tolist()
 
+    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
+        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
+        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
+        return self._run_batch(ids, type_ids)
+
 
 def _make_format(src: ModelSource, tokenizer: Any) -> ModelFormat:
     if src.format == "llm-yes-no":
