@@ -1,0 +1,77 @@
+"""The seed's baseline servers answer like rerankd with its scores: one load generator drives all."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from bench.compare import ratio_rows
+from bench.overhead import summarize
+from bench.servers import ModelChoice, baseline_command, spawn, split_args
+from tests.servers import RerankdServer
+
+DOCS = ["Berlin is the capital of Germany.", "I like bananas.", "Paris is the capital of France."]
+BODY = {"query": "What is the capital of France?", "documents": DOCS}
+
+
+@pytest.fixture(scope="module")
+def naive_url() -> Iterator[str]:
+    with spawn("naive", baseline_command("naive", ModelChoice()), start_timeout=120) as server:
+        yield server.url
+
+
+def test_naive_baseline_scores_like_rerankd(naive_url: str, minilm_server: RerankdServer) -> None:
+    ours = httpx.post(naive_url + "/v2/rerank", json=BODY, timeout=30)
+    ref = httpx.post(minilm_server.url + "/v2/rerank", json=BODY, timeout=30)
+    assert ours.status_code == 200, ours.text
+    a, b = ours.json(), ref.json()
+    assert [r["index"] for r in a["results"]] == [r["index"] for r in b["results"]] == [2, 0, 1]
+    for x, y in zip(a["results"], b["results"], strict=True):
+        assert x["relevance_score"] == pytest.approx(y["relevance_score"], abs=1e-5)
+    assert a["meta"] == b["meta"]  # same token count and billing
+
+
+def test_naive_baseline_speaks_jina_and_rejects_bad_bodies(naive_url: str) -> None:
+    jina = httpx.post(naive_url + "/rerank", json={**BODY, "top_n": 1}, timeout=30).json()
+    assert jina["usage"]["total_tokens"] > 0
+    assert [r["document"]["text"] for r in jina["results"]] == [DOCS[2]]
+    bad = httpx.post(naive_url + "/v2/rerank", json={"query": "q"}, timeout=30)
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"message", "detail", "id"}
+    assert "documents" in bad.json()["detail"]
+    assert httpx.get(naive_url + "/nowhere", timeout=30).status_code == 404
+
+
+def test_commands_carry_model_and_extra_arguments() -> None:
+    model = ModelChoice(path="/models/q", format="llm-yes-no", device="cuda", dtype="bfloat16")
+    cmd = baseline_command("executor", model, split_args(["--workers 8", "--scorer=card"]))
+    assert cmd[:4] == [sys.executable, "-m", "bench.baselines", "executor"]
+    assert cmd[4:] == [
+        *("--format", "llm-yes-no", "--model", "/models/q", "--device", "cuda", "--dtype", "bfloat16"),
+        *("--workers", "8", "--scorer=card"),
+    ]
+
+
+def _report(label: str, c: int, tokens: float, p50: float) -> dict[str, object]:
+    return {
+        "label": label,
+        "levels": [{"concurrency": c, "tokens_per_s": tokens, "latency_ms": {"p50": p50}}],
+    }
+
+
+def test_ratios_are_against_naive_at_the_same_concurrency() -> None:
+    rows = ratio_rows([_report("naive", 10, 1000, 2000), _report("rerankd", 10, 12000, 200)])
+    assert rows[1][4:] == ["1.00x", "1.00x"]
+    assert rows[2][4:] == ["12.00x", "0.10x"]
+
+
+def test_overhead_summary_averages_rounds() -> None:
+    reports = [_report("in-process", 16, 100, 1), _report("http", 16, 96, 1)]
+    reports += [_report("in-process", 16, 110, 1), _report("http", 16, 104, 1)]
+    [s] = summarize(reports)
+    assert s["in_process_tokens_per_s"] == 105
+    assert s["http_tokens_per_s"] == 100
+    assert s["http_vs_in_process"] == pytest.approx(100 / 105)
