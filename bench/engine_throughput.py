@@ -23,56 +23,13 @@ from typing import Any
 
 import torch
 
+from bench.make_qwen3_shaped import QWEN3_06B, corpus
+from bench.workload import WORDS
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import resolve_model
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
-from tests.fixtures.tiny_qwen3 import CORPUS, build
-
-QWEN3_06B = {
-    "hidden_size": 1024,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 32768,
-    "initializer_range": 0.02,
-}
-WORDS = (
-    "river",
-    "city",
-    "history",
-    "market",
-    "bridge",
-    "north",
-    "winter",
-    "harvest",
-    "language",
-    "engine",
-    "signal",
-    "theory",
-    "garden",
-    "museum",
-    "ocean",
-    "planet",
-    "energy",
-    "protein",
-    "village",
-    "mountain",
-    "century",
-    "railway",
-    "library",
-    "capital",
-    "science",
-)
-
-
-def corpus(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [
-        " ".join(rng.choice(WORDS) + rng.choice(["", "s", "ing", "ed"]) for _ in range(60)) for _ in range(n)
-    ]
+from tests.fixtures.tiny_qwen3 import build
 
 
 def documents(n: int, words: int, seed: int) -> list[str]:
@@ -80,8 +37,8 @@ def documents(n: int, words: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(words)) + f" #{i}" for i in range(n)]
 
 
-def make_model(folder: Path, shape: dict[str, Any]) -> Path:
-    return build(folder, vocab_size=8000, corpus=CORPUS * 20 + corpus(3000, 1), dtype="bfloat16", **shape)
+def make_model(folder: Path) -> Path:
+    return build(folder, shape=QWEN3_06B, vocab_size=16384, corpus=corpus(16384), dtype="bfloat16")
 
 
 async def engine_run(
@@ -174,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_model(Path(tmp) / "qwen3-0.6b-shaped", QWEN3_06B)
+        path = make_model(Path(tmp) / "qwen3-0.6b-shaped")
         modes = [m == "compile" for m in args.modes.split(",")]
         for compile in modes:
             for rows, length in ((64, 320), (128, 320)):

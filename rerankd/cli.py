@@ -1,4 +1,4 @@
-"""``rerankd`` command line: ``rerankd serve [options]``."""
+"""``rerankd`` command line: ``rerankd serve [options]``, ``rerankd bench [options]``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rerankd.auth import cli as keys_cli
 from rerankd.config import Settings, load_settings, parse_model_spec, split_csv
 from rerankd.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["main", "serve_settings"]
 
 
 def _serve_parser(sub: Any) -> None:
@@ -169,13 +169,39 @@ def serve(settings: Settings) -> int:
     return exit_code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerankd", description="A rerank server.")
     parser.add_argument("--version", action="version", version=f"rerankd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     keys_cli.add_parser(sub)
-    ns = parser.parse_args(argv)
+    # Listed for --help only: main() hands everything after "bench" to the load generator.
+    sub.add_parser("bench", help="load generator (rerankd bench --help)", add_help=False)
+    return parser
+
+
+def serve_settings(argv: Sequence[str]) -> Settings:
+    """The settings ``rerankd serve ARGV`` would run with (benchmarks build in-process engines)."""
+    return load_settings(_flags(_parser().parse_args(["serve", *argv])))
+
+
+def _bench(argv: Sequence[str]) -> int:
+    try:
+        from bench.loadgen import main as bench_main
+    except ImportError as exc:  # httpx comes with the bench extra, not with the server
+        print(
+            f"rerankd: the load generator needs the bench extra (pip install 'rerankd[bench]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    return bench_main(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["bench"]:
+        return _bench(args[1:])
+    ns = _parser().parse_args(args)
     try:
         if ns.command == "keys":
             return keys_cli.run(ns)

@@ -147,6 +147,11 @@ class TorchEngine(LocalEngine):
             done.record()
         return partial(_wait_rows, done, host)
 
+    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
+        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
+        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
+        return list(self._run_batch(ids, type_ids)())
+
 
 def _rows(out: torch.Tensor) -> list[Any]:
     return list(out.unbind(0)) if out.dim() == 2 else out.tolist()

@@ -1,0 +1,3 @@
+from bench.loadgen import main
+
+raise SystemExit(main())
