@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -201,6 +202,12 @@ class RerankService:
         if not engine.healthy:
             raise EngineUnavailable()
         deadline = time.monotonic() + self.settings.request_timeout_s
+        default_instruction = self.sources[name].config.instruction
+        if default_instruction and not q.options.instruction:
+            # The model's configured instruction stands in for the card's when a request sends none.
+            q = dataclasses.replace(
+                q, options=dataclasses.replace(q.options, instruction=default_instruction)
+            )
         try:
             result = await self.scorer.score(
                 engine,

@@ -83,3 +83,22 @@ def test_health_answers_fast_while_scoring() -> None:
         latencies.sort()
         assert latencies[len(latencies) // 2] < 0.1
         assert latencies[-1] < 0.1, latencies[-5:]
+
+
+def test_model_instruction_from_config_is_used(tiny_qwen3_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"models:\n  - name: plain\n    path: {tiny_qwen3_dir}\n"
+        f"  - name: custom\n    path: {tiny_qwen3_dir}\n    instruction: Find fruit\n"
+    )
+    body = {"query": "capital of France", "documents": ["Paris", "Berlin", "bananas"]}
+    with rerankd_server(["--config", str(config), "--no-cache"]) as server:
+
+        def scores(model: str, **extra: str) -> dict[int, float]:
+            r = httpx.post(server.url + "/v2/rerank", json={**body, "model": model, **extra})
+            return {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+
+        assert scores("custom") == scores("plain", instruction="Find fruit")
+        assert scores("custom") != scores("plain")
+        # A request's own instruction still wins over the model's.
+        assert scores("custom", instruction="Other") == scores("plain", instruction="Other")
