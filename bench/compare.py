@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,37 +28,101 @@ from bench.loadgen import (
     run_params,
     workload_from_args,
 )
-from bench.servers import ModelChoice, baseline_command, rerankd_command, spawn, split_args
+from bench.servers import ModelChoice, baseline_command, exit_on_sigterm, rerankd_command, spawn, split_args
 
-__all__ = ["main", "ratio_rows"]
+__all__ = ["main", "median_ratios", "ratios"]
 
 SERVERS = ("naive", "executor", "rerankd")
 
 
-def ratio_rows(reports: Sequence[dict[str, Any]], reference: str = "naive") -> list[list[str]]:
-    """Per server and level: throughput and p50 latency relative to ``reference`` at that level."""
-    ref = next((r for r in reports if r["label"] == reference), None)
-    ref_levels = {lv["concurrency"]: lv for lv in ref["levels"]} if ref else {}
-    rows = [["server", "clients", "tokens/s", "p50 ms", "throughput vs naive", "p50 vs naive"]]
+def ratios(reports: Sequence[dict[str, Any]], reference: str = "naive") -> list[dict[str, Any]]:
+    """Per round, server and level: throughput and p50 latency relative to ``reference`` in the
+    same round at the same concurrency (None where there is no reference)."""
+    refs = {
+        (rep.get("round", 1), lv["concurrency"]): lv
+        for rep in reports
+        if rep["label"] == reference
+        for lv in rep["levels"]
+    }
+    out = []
     for rep in reports:
         for lv in rep["levels"]:
-            base = ref_levels.get(lv["concurrency"])
+            base = refs.get((rep.get("round", 1), lv["concurrency"]))
             p50, base_p50 = lv["latency_ms"]["p50"], base["latency_ms"]["p50"] if base else None
-            thr = (
-                f"{lv['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base and base["tokens_per_s"] else "-"
+            out.append(
+                {
+                    "round": rep.get("round", 1),
+                    "server": rep["label"],
+                    "concurrency": lv["concurrency"],
+                    "tokens_per_s": lv["tokens_per_s"],
+                    "p50_ms": p50,
+                    "throughput_ratio": lv["tokens_per_s"] / base["tokens_per_s"]
+                    if base and base["tokens_per_s"]
+                    else None,
+                    "p50_ratio": p50 / base_p50 if p50 and base_p50 else None,
+                }
             )
-            lat = f"{p50 / base_p50:.2f}x" if p50 and base_p50 else "-"
-            rows.append(
-                [
-                    rep["label"],
-                    str(lv["concurrency"]),
-                    f"{lv['tokens_per_s']:,.0f}",
-                    f"{p50 or 0:,.0f}",
-                    thr,
-                    lat,
-                ]
-            )
-    return rows
+    return out
+
+
+def median_ratios(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The median of each server's ratios over the rounds, per concurrency."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["server"], e["concurrency"]), []).append(e)
+
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    return [
+        {
+            "server": server,
+            "concurrency": c,
+            "rounds": len(group),
+            "tokens_per_s": median([g["tokens_per_s"] for g in group]),
+            "throughput_ratio": median([g["throughput_ratio"] for g in group]),
+            "p50_ratio": median([g["p50_ratio"] for g in group]),
+        }
+        for (server, c), group in groups.items()
+    ]
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def ratio_table(entries: Sequence[dict[str, Any]]) -> str:
+    rows = [["round", "server", "clients", "tokens/s", "p50 ms", "throughput vs naive", "p50 vs naive"]]
+    for e in entries:
+        rows.append(
+            [
+                str(e["round"]),
+                e["server"],
+                str(e["concurrency"]),
+                f"{e['tokens_per_s']:,.0f}",
+                f"{e['p50_ms'] or 0:,.0f}",
+                _x(e["throughput_ratio"]),
+                _x(e["p50_ratio"]),
+            ]
+        )
+    return markdown_table(rows)
+
+
+def median_table(medians: Sequence[dict[str, Any]]) -> str:
+    rows = [["server", "clients", "rounds", "median tokens/s", "throughput vs naive", "p50 vs naive"]]
+    for m in medians:
+        rows.append(
+            [
+                m["server"],
+                str(m["concurrency"]),
+                str(m["rounds"]),
+                f"{m['tokens_per_s']:,.0f}",
+                _x(m["throughput_ratio"]),
+                _x(m["p50_ratio"]),
+            ]
+        )
+    return markdown_table(rows)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--scorer", choices=["rerankd", "card"], default="rerankd", help="baselines' LLM forward")
     s.add_argument("--workers", type=int, default=4, help="executor baseline's threads (default 4)")
+    s.add_argument("--rounds", type=int, default=1, help="run the server list this many times (default 1)")
     s.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for /ready")
     s.add_argument("--log-dir", type=Path, default=None, help="keep each server's log here")
     p.add_argument("--route", default="/v2/rerank")
@@ -106,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rerankd": rerankd_command(model, split_args(ns.server_arg)),
     }
     reports: list[dict[str, Any]] = []
+    exit_on_sigterm()
     try:
-        for name in names:
+        for rnd, name in ((r + 1, n) for r in range(ns.rounds) for n in names):
             with spawn(name, commands[name], start_timeout=ns.start_timeout, log_dir=ns.log_dir) as server:
                 levels = asyncio.run(
                     http_sweep(
@@ -122,22 +189,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         progress=None if ns.quiet else sys.stderr,
                     )
                 )
-            reports.append(
-                make_report(
-                    label=name,
-                    target={"command": server.command, "route": ns.route},
-                    workload=workload,
-                    run=run_params(ns),
-                    levels=levels,
-                )
+            report = make_report(
+                label=name,
+                target={"command": server.command, "route": ns.route},
+                workload=workload,
+                run=run_params(ns),
+                levels=levels,
             )
+            reports.append({**report, "round": rnd})
     finally:
         model.cleanup()
+    entries = ratios(reports)
+    medians = median_ratios(entries)
     print(format_table(reports))
     print()
-    print(markdown_table(ratio_rows(reports)))
+    print(ratio_table(entries))
+    if ns.rounds > 1:
+        print()
+        print(median_table(medians))
     if ns.json_path:
-        doc = {"schema": SCHEMA, "kind": "compare", "reports": reports, "ratios": ratio_rows(reports)}
+        doc = {"schema": SCHEMA, "kind": "compare", "reports": reports, "ratios": entries, "medians": medians}
         Path(ns.json_path).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"bench: wrote {ns.json_path}", file=sys.stderr)
     if ns.plot:

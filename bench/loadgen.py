@@ -3,10 +3,12 @@
 ``python -m bench --url http://127.0.0.1:8080 --concurrency 1,4,16,64 --json out.json --plot out.png``
 
 Each concurrency level runs ``concurrency`` workers that send requests back to back for a warm-up
-period and then a measured window. Only requests that complete inside the window count; requests
-still in flight when it closes are awaited (so the next level starts on an idle server) but not
-counted. Throughput is completions in the window divided by its length; token counts are the
-servers' own (``meta.tokens.input_tokens`` or ``usage.total_tokens``).
+period and then a measured window. Requests still in flight when the window closes are awaited, so
+the next level starts on an idle server. Throughput counts every request with the share of its
+lifetime that falls inside the window (a server that answers a whole batch at once is measured as
+steadily as one that answers one request at a time); latency percentiles are over the requests that
+ended inside the window. Token counts are the servers' own (``meta.tokens.input_tokens`` or
+``usage.total_tokens``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 SCHEMA = "rerankd-bench/1"
+_NUMBER = re.compile(r"^[-+]?[\d,.]+[x%]?$|^-$")
 
 
 class RequestFailed(Exception):
@@ -84,31 +88,41 @@ class LevelResult:
     def from_samples(
         cls,
         concurrency: int,
-        window_s: float,
-        ok: list[tuple[float, int, int]],
+        window: tuple[float, float],
+        samples: Sequence[tuple[float, float, int, int]],
         errors: dict[str, int],
     ) -> LevelResult:
-        """``ok`` holds (latency s, pairs, tokens) of each successful request in the window."""
-        lat = sorted(s[0] * 1000 for s in ok)
-        pairs = sum(s[1] for s in ok)
-        tokens = sum(s[2] for s in ok)
-        per_s = 1 / window_s if window_s > 0 else 0.0
+        """``samples`` holds (start, end, pairs, tokens) of successful requests that overlap the
+        window. Each counts with the share of its lifetime inside the window: a server that
+        finishes requests in bursts (a batch at a time) is then measured as steadily as one that
+        finishes them one by one. Latencies are those of the requests that ended in the window."""
+        start, end = window
+        length = end - start
+        done = sorted((t1 - t0) * 1000 for t0, t1, _, _ in samples if start <= t1 <= end)
+        requests = pairs = tokens = 0.0
+        for t0, t1, n_pairs, n_tokens in samples:
+            share = (min(t1, end) - max(t0, start)) / (t1 - t0) if t1 > t0 else float(start <= t1 <= end)
+            if share > 0:
+                requests += share
+                pairs += share * n_pairs
+                tokens += share * n_tokens
+        per_s = 1 / length if length > 0 else 0.0
         return cls(
             concurrency=concurrency,
-            requests=len(ok),
+            requests=len(done),
             errors=sum(errors.values()),
             error_kinds=dict(errors),
-            window_s=round(window_s, 3),
-            requests_per_s=len(ok) * per_s,
+            window_s=round(length, 3),
+            requests_per_s=requests * per_s,
             pairs_per_s=pairs * per_s,
             tokens_per_s=tokens * per_s,
-            tokens_per_request=tokens / len(ok) if ok else 0.0,
+            tokens_per_request=tokens / requests if requests else 0.0,
             latency_ms={
-                "mean": sum(lat) / len(lat) if lat else None,
-                "p50": percentile(lat, 50),
-                "p95": percentile(lat, 95),
-                "p99": percentile(lat, 99),
-                "max": lat[-1] if lat else None,
+                "mean": sum(done) / len(done) if done else None,
+                "p50": percentile(done, 50),
+                "p95": percentile(done, 95),
+                "p99": percentile(done, 99),
+                "max": done[-1] if done else None,
             },
         )
 
@@ -142,7 +156,8 @@ class _Level:
         self.send = send
         self.warmup, self.duration, self.max_requests = warmup, duration, max_requests
         self.next_k = k
-        self.ok: list[tuple[float, int, int]] = []
+        self.samples: list[tuple[float, float, int, int]] = []
+        self.latencies: list[float] = []  # of successful requests that ended in the window
         self.errors: dict[str, int] = {}
         self.started = time.perf_counter()
         self.t_warm = self.started + warmup
@@ -151,13 +166,18 @@ class _Level:
         self.in_flight = 0
 
     def _record(self, t0: float, t1: float, outcome: tuple[int, int] | str) -> None:
-        if not (self.t_warm <= t1 <= self.t_end) or self.closed_at is not None:
+        if t1 < self.t_warm:
+            return
+        if not isinstance(outcome, str):
+            # Kept even after the window closes: the part of its life inside the window counts.
+            self.samples.append((t0, t1, *outcome))
+        if t1 > self.t_end or self.closed_at is not None:
             return
         if isinstance(outcome, str):
             self.errors[outcome] = self.errors.get(outcome, 0) + 1
         else:
-            self.ok.append((t1 - t0, *outcome))
-        if self.max_requests and len(self.ok) + sum(self.errors.values()) >= self.max_requests:
+            self.latencies.append(t1 - t0)
+        if self.max_requests and len(self.latencies) + sum(self.errors.values()) >= self.max_requests:
             self.closed_at = t1
 
     async def worker(self) -> None:
@@ -180,17 +200,17 @@ class _Level:
         if now < self.t_warm:
             return f"warm-up {now - self.started:5.1f}/{self.warmup:g} s"
         if self.closed_at is None and now < self.t_end:
-            p50 = percentile(sorted(s[0] * 1000 for s in self.ok), 50)
-            rate = len(self.ok) / max(now - self.t_warm, 1e-9)
+            p50 = percentile(sorted(x * 1000 for x in self.latencies), 50)
+            rate = len(self.latencies) / max(now - self.t_warm, 1e-9)
             return (
-                f"measuring {now - self.t_warm:5.1f}/{self.duration:g} s: {len(self.ok)} ok, "
+                f"measuring {now - self.t_warm:5.1f}/{self.duration:g} s: {len(self.latencies)} ok, "
                 f"{sum(self.errors.values())} failed, {rate:.2f} req/s, p50 {p50 or 0:.0f} ms"
             )
         return f"waiting for {self.in_flight} requests in flight"
 
     def result(self, concurrency: int) -> LevelResult:
-        window = (self.closed_at or self.t_end) - self.t_warm
-        return LevelResult.from_samples(concurrency, window, self.ok, self.errors)
+        window = (self.t_warm, self.closed_at or self.t_end)
+        return LevelResult.from_samples(concurrency, window, self.samples, self.errors)
 
 
 async def drive(
@@ -364,16 +384,13 @@ def format_table(reports: Sequence[dict[str, Any]]) -> str:
 
 
 def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """Aligned Markdown: numeric columns to the right, text columns to the left."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    numeric = [all(_NUMBER.match(r[i]) for r in rows[1:]) for i in range(len(widths))]
 
     def line(cells: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-            + " |"
-        )
+        padded = (c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True))
+        return "| " + " | ".join(padded) + " |"
 
     sep = "| " + " | ".join("-" * w for w in widths) + " |"
     return "\n".join([line(rows[0]), sep, *(line(r) for r in rows[1:])])

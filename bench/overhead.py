@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import gc
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from bench.loadgen import (
     run_params,
     workload_from_args,
 )
-from bench.servers import ModelChoice, rerankd_command, spawn, split_args
+from bench.servers import ModelChoice, exit_on_sigterm, rerankd_command, spawn, split_args
 from bench.workload import Workload
 
 __all__ = ["in_process_sweep", "main", "summarize"]
@@ -90,29 +91,39 @@ async def in_process_sweep(
 
 
 def summarize(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per concurrency: mean tokens/s of each side over the rounds, and HTTP / in-process."""
+    """Per concurrency: each HTTP round against the in-process round just before it, the median
+    of those ratios (robust to one disturbed round on a shared machine) and the means."""
     out = []
     levels = sorted({lv["concurrency"] for rep in reports for lv in rep["levels"]})
     for c in levels:
         side: dict[str, list[float]] = {"in-process": [], "http": []}
         for rep in reports:
             side[rep["label"]] += [lv["tokens_per_s"] for lv in rep["levels"] if lv["concurrency"] == c]
-        inproc = sum(side["in-process"]) / len(side["in-process"]) if side["in-process"] else 0.0
-        http = sum(side["http"]) / len(side["http"]) if side["http"] else 0.0
+        inproc, http = side["in-process"], side["http"]
+        per_round = [h / i for i, h in zip(inproc, http, strict=False) if i]
         out.append(
             {
                 "concurrency": c,
-                "in_process_tokens_per_s": inproc,
-                "http_tokens_per_s": http,
-                "http_vs_in_process": http / inproc if inproc else None,
-                "rounds": {k: v for k, v in side.items()},
+                "in_process_tokens_per_s": statistics.fmean(inproc) if inproc else 0.0,
+                "http_tokens_per_s": statistics.fmean(http) if http else 0.0,
+                "round_ratios": per_round,
+                "http_vs_in_process": statistics.median(per_round) if per_round else None,
             }
         )
     return out
 
 
 def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
-    rows = [["clients", "in-process tokens/s", "HTTP tokens/s", "HTTP / in-process", "overhead"]]
+    rows = [
+        [
+            "clients",
+            "in-process tokens/s",
+            "HTTP tokens/s",
+            "HTTP / in-process by round",
+            "median",
+            "overhead",
+        ]
+    ]
     for s in summary:
         ratio = s["http_vs_in_process"]
         rows.append(
@@ -120,6 +131,7 @@ def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
                 str(s["concurrency"]),
                 f"{s['in_process_tokens_per_s']:,.0f}",
                 f"{s['http_tokens_per_s']:,.0f}",
+                " ".join(f"{r:.3f}" for r in s["round_ratios"]),
                 f"{ratio:.3f}" if ratio else "-",
                 f"{(1 - ratio) * 100:+.1f}%" if ratio else "-",
             ]
@@ -149,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = ModelChoice(ns.model, ns.format, ns.device, ns.dtype, ns.torch_threads)
     progress = None if ns.quiet else sys.stderr
     reports: list[dict[str, Any]] = []
+    exit_on_sigterm()
     try:
         # The in-process engine takes exactly the arguments the server is started with.
         serve_args = [*model.rerankd_model_args(), *model.common_args(), *split_args(ns.server_arg)]

@@ -35,6 +35,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``spawn``'s clean-up stops the servers under test too."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def split_args(values: Sequence[str] | None) -> list[str]:
     """``--server-arg "--max-batch-tokens 32768" --server-arg=--no-cache`` → a flat argument list."""
     return [part for value in values or () for part in shlex.split(value)]

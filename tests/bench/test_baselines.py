@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.compare import ratio_rows
+from bench.compare import median_ratios, ratios
 from bench.overhead import summarize
 from bench.servers import ModelChoice, baseline_command, spawn, split_args
 from tests.servers import RerankdServer
@@ -62,16 +62,30 @@ def _report(label: str, c: int, tokens: float, p50: float) -> dict[str, object]:
     }
 
 
-def test_ratios_are_against_naive_at_the_same_concurrency() -> None:
-    rows = ratio_rows([_report("naive", 10, 1000, 2000), _report("rerankd", 10, 12000, 200)])
-    assert rows[1][4:] == ["1.00x", "1.00x"]
-    assert rows[2][4:] == ["12.00x", "0.10x"]
+def test_ratios_are_against_naive_of_the_same_round() -> None:
+    reports = [_report("naive", 10, 1000, 2000), _report("rerankd", 10, 12000, 200)]
+    reports += [
+        {**_report("naive", 10, 500, 4000), "round": 2},
+        {**_report("rerankd", 10, 7000, 300), "round": 2},
+    ]
+    entries = ratios(reports)
+    assert [(e["server"], e["throughput_ratio"], e["p50_ratio"]) for e in entries] == [
+        ("naive", 1.0, 1.0),
+        ("rerankd", 12.0, 0.1),
+        ("naive", 1.0, 1.0),
+        ("rerankd", 14.0, 0.075),
+    ]
+    medians = {m["server"]: m for m in median_ratios(entries)}
+    assert medians["rerankd"]["throughput_ratio"] == 13.0
+    assert medians["rerankd"]["p50_ratio"] == pytest.approx(0.0875)
+    assert medians["rerankd"]["rounds"] == 2
 
 
-def test_overhead_summary_averages_rounds() -> None:
-    reports = [_report("in-process", 16, 100, 1), _report("http", 16, 96, 1)]
-    reports += [_report("in-process", 16, 110, 1), _report("http", 16, 104, 1)]
+def test_overhead_summary_takes_the_median_round() -> None:
+    reports = []
+    for inproc, http in ((100, 96), (110, 150), (120, 108)):
+        reports += [_report("in-process", 16, inproc, 1), _report("http", 16, http, 1)]
     [s] = summarize(reports)
-    assert s["in_process_tokens_per_s"] == 105
-    assert s["http_tokens_per_s"] == 100
-    assert s["http_vs_in_process"] == pytest.approx(100 / 105)
+    assert s["round_ratios"] == pytest.approx([0.96, 150 / 110, 0.9])
+    assert s["http_vs_in_process"] == pytest.approx(0.96)  # the disturbed second round does not count
+    assert s["in_process_tokens_per_s"] == 110

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import percentile
+from bench.loadgen import LevelResult, percentile
 from bench.workload import Workload, parse_range
 from tests.servers import RerankdServer
 
@@ -43,6 +43,18 @@ def test_percentile_interpolates() -> None:
     assert percentile([10.0], 99) == 10.0
     assert percentile([0.0, 10.0, 20.0, 30.0, 40.0], 50) == 20.0
     assert percentile([0.0, 10.0], 95) == pytest.approx(9.5)
+
+
+def test_rates_count_the_share_of_each_request_inside_the_window() -> None:
+    # Window 10..20 s: one request wholly inside, one half inside, one ended before it.
+    samples = [(11.0, 13.0, 2, 100), (15.0, 25.0, 2, 100), (1.0, 9.0, 2, 100)]
+    r = LevelResult.from_samples(2, (10.0, 20.0), samples, {"http 503": 1})
+    assert r.requests == 1  # only the first ended inside the window
+    assert r.requests_per_s == pytest.approx(1.5 / 10)
+    assert r.pairs_per_s == pytest.approx(3 / 10)
+    assert r.tokens_per_s == pytest.approx(150 / 10)
+    assert r.latency_ms["p50"] == pytest.approx(2000)
+    assert (r.errors, r.error_kinds) == (1, {"http 503": 1})
 
 
 def test_bench_command_reports_json(minilm_server: RerankdServer, tmp_path: Path) -> None:
