@@ -33,6 +33,7 @@ import httpx
 from bench.workload import Workload, parse_range
 
 __all__ = [
+    "SCHEMA",
     "LevelResult",
     "RequestFailed",
     "Sender",
@@ -42,8 +43,12 @@ __all__ = [
     "http_sweep",
     "main",
     "make_report",
+    "markdown_table",
+    "parse_levels",
     "percentile",
+    "run_params",
     "workload_from_args",
+    "write_outputs",
 ]
 
 SCHEMA = "rerankd-bench/1"

@@ -5,15 +5,19 @@
 In-process, ``concurrency`` asyncio tasks call ``engine.score`` of an engine built from exactly the
 settings ``rerankd serve`` gets (model, ``--server-arg``s), with the load generator's requests. Over
 HTTP, the same requests go to a ``rerankd serve`` child process. The two alternate for ``--rounds``
-rounds, never at the same time, so drift on a shared machine hits both alike.
+rounds, never at the same time, so drift on a shared machine hits both alike. For each HTTP round
+the server's CPU time is split by thread (Linux): its main thread runs the event loop, so its
+share is what HTTP handling costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -37,7 +41,7 @@ from bench.loadgen import (
 from bench.servers import ModelChoice, exit_on_sigterm, rerankd_command, spawn, split_args
 from bench.workload import Workload
 
-__all__ = ["in_process_sweep", "main", "summarize"]
+__all__ = ["cpu_split", "in_process_sweep", "main", "summarize", "thread_cpu"]
 
 
 async def in_process_sweep(
@@ -90,6 +94,28 @@ async def in_process_sweep(
     return results
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of a process (Linux ``/proc``; empty elsewhere)."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float], pid: int) -> dict[str, float]:
+    """Where the server's CPU went during the run: the main thread runs the event loop (HTTP
+    parsing, routing, JSON, responses); the rest is the scheduler, torch's and tokenizer threads."""
+    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    total = sum(used.values())
+    loop = used.get(pid, 0.0)
+    return {"total_s": total, "event_loop_s": loop, "event_loop_share": loop / total if total else 0.0}
+
+
 def summarize(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per concurrency: each HTTP round against the in-process round just before it, the median
     of those ratios (robust to one disturbed round on a shared machine) and the means."""
@@ -111,6 +137,17 @@ def summarize(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _cpu_lines(reports: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for i, rep in enumerate(r for r in reports if "server_cpu" in r):
+        cpu = rep["server_cpu"]
+        lines.append(
+            f"HTTP round {i + 1}: the server used {cpu['total_s']:.1f} CPU s, its event loop "
+            f"{cpu['event_loop_s']:.2f} s ({cpu['event_loop_share']:.1%})"
+        )
+    return "\n".join(lines)
 
 
 def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -189,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             with spawn("rerankd", command, start_timeout=ns.start_timeout, log_dir=ns.log_dir) as server:
+                before = thread_cpu(server.process.pid)
                 levels = asyncio.run(
                     http_sweep(
                         server.url + "/v2/rerank",
@@ -202,21 +240,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         progress=progress,
                     )
                 )
-            reports.append(
-                make_report(
-                    label="http",
-                    target={"command": server.command, "route": "/v2/rerank"},
-                    workload=workload,
-                    run=run_params(ns),
-                    levels=levels,
-                )
+                cpu = cpu_split(before, thread_cpu(server.process.pid), server.process.pid)
+            report = make_report(
+                label="http",
+                target={"command": server.command, "route": "/v2/rerank"},
+                workload=workload,
+                run=run_params(ns),
+                levels=levels,
             )
+            reports.append({**report, "server_cpu": cpu})
     finally:
         model.cleanup()
     summary = summarize(reports)
     print(format_table(reports))
     print()
     print(_summary_table(summary))
+    print(_cpu_lines(reports))
     if ns.json_path:
         doc = {"schema": SCHEMA, "kind": "overhead", "reports": reports, "summary": summary}
         Path(ns.json_path).write_text(json.dumps(doc, indent=2) + "\n")

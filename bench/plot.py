@@ -50,8 +50,11 @@ def plot_reports(
         label = rep.get("label") or "-"
         thr.plot(xs, [lv[metric] for lv in levels], marker="o", label=label)
         p99.plot(xs, [(lv["latency_ms"]["p99"] or 0) / 1000 for lv in levels], marker="o", label=label)
+    ticks = sorted({lv["concurrency"] for rep in reports for lv in rep["levels"]})
     for ax, ylabel in ((thr, _METRICS[metric]), (p99, "p99 latency (s)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from bench.compare import median_ratios, ratios
-from bench.overhead import summarize
+from bench.overhead import cpu_split, summarize, thread_cpu
 from bench.servers import ModelChoice, baseline_command, spawn, split_args
 from tests.servers import RerankdServer
 
@@ -89,3 +90,12 @@ def test_overhead_summary_takes_the_median_round() -> None:
     assert s["round_ratios"] == pytest.approx([0.96, 150 / 110, 0.9])
     assert s["http_vs_in_process"] == pytest.approx(0.96)  # the disturbed second round does not count
     assert s["in_process_tokens_per_s"] == 110
+
+
+def test_cpu_split_reads_this_process_threads() -> None:
+    pid = os.getpid()
+    before = thread_cpu(pid)
+    sum(i * i for i in range(2_000_000))  # burn a little CPU on the main thread
+    split = cpu_split(before, thread_cpu(pid), pid)
+    assert split["total_s"] > 0
+    assert 0 < split["event_loop_s"] <= split["total_s"]
