@@ -134,6 +134,19 @@ class Scheduler:
         """Sequences not yet launched: queued, or taken into the worker's window and waiting there."""
         return len(self._pending) + self._windowed
 
+    def snapshot(self) -> dict[str, float]:
+        """The counters engines report as their stats (read at scrape time)."""
+        s = self.stats
+        return {
+            "batches": s.batches,
+            "mixed_batches": s.mixed_batches,
+            "sequences": s.sequences,
+            "real_tokens": s.real_tokens,
+            "padded_tokens": s.padded_tokens,
+            "busy_seconds": s.busy_s,
+            "queue_depth": self.queue_depth,
+        }
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and self._dead is None

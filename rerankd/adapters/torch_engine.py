@@ -101,16 +101,7 @@ class TorchEngine(LocalEngine):
         return f"torch:{str(self.dtype).removeprefix('torch.')}"
 
     def stats(self) -> dict[str, float]:
-        s = self.scheduler.stats
-        return {
-            "batches": s.batches,
-            "mixed_batches": s.mixed_batches,
-            "sequences": s.sequences,
-            "real_tokens": s.real_tokens,
-            "padded_tokens": s.padded_tokens,
-            "busy_seconds": s.busy_s,
-            "queue_depth": self.scheduler.queue_depth,
-        }
+        return self.scheduler.snapshot()
 
     # -- scoring -----------------------------------------------------------------------------
 

@@ -77,14 +77,7 @@ class VLLMSyncEngine(LocalEngine):
         return self._cache_tag
 
     def stats(self) -> dict[str, float]:
-        s = self.scheduler.stats
-        return {
-            "batches": s.batches,
-            "mixed_batches": s.mixed_batches,
-            "sequences": s.sequences,
-            "busy_seconds": s.busy_s,
-            "queue_depth": self.scheduler.queue_depth,
-        }
+        return self.scheduler.snapshot()
 
     async def close(self) -> None:
         await self.scheduler.close()

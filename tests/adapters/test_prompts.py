@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from rerankd.adapters.prompts import QWEN3
+from tests.fixtures.qwen3_reference import INSTRUCTION, PREFIX, SUFFIX
 
-CARD_PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
-    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-CARD_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# The card's strings, written out once, independently of rerankd, in the reference fixture.
+CARD_PREFIX, CARD_SUFFIX, CARD_INSTRUCTION = PREFIX, SUFFIX, INSTRUCTION
 
 
 def card_body(instruction: str, query: str, doc: str) -> str:

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import resolve_model
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
-from tests.adapters.test_prompts import CARD_INSTRUCTION, CARD_PREFIX, CARD_SUFFIX, card_body
+from tests.fixtures.qwen3_reference import INSTRUCTION as CARD_INSTRUCTION
+from tests.fixtures.qwen3_reference import PREFIX as CARD_PREFIX
+from tests.fixtures.qwen3_reference import SUFFIX as CARD_SUFFIX
+from tests.fixtures.qwen3_reference import model_card_scores
 
 MAX_LENGTH = 120  # small, so that long documents (and one long query) are truncated
 QUERIES = ["What is the capital of France?", "yes or no", "bananas " * 40]
@@ -32,29 +34,7 @@ DOCS = [
 
 
 def card_scores(path: Path, query: str, docs: list[str], instruction: str, max_length: int) -> list[float]:
-    """The model card's reference code, one pair at a time, full-vocabulary logits."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    yes = tokenizer.convert_tokens_to_ids("yes")
-    no = tokenizer.convert_tokens_to_ids("no")
-    prefix = tokenizer.encode(CARD_PREFIX, add_special_tokens=False)
-    suffix = tokenizer.encode(CARD_SUFFIX, add_special_tokens=False)
-    pairs = [card_body(instruction, query, d) for d in docs]
-    enc = tokenizer(
-        pairs,
-        padding=False,
-        truncation="longest_first",
-        return_attention_mask=False,
-        max_length=max_length - len(prefix) - len(suffix),
-    )
-    out = []
-    with torch.no_grad():
-        for body in enc["input_ids"]:
-            ids = torch.tensor([prefix + body + suffix])
-            logits = model(input_ids=ids).logits[0, -1]
-            pair = torch.stack([logits[no], logits[yes]]).log_softmax(-1)
-            out.append(float(pair[1].exp()))
-    return out
+    return model_card_scores(path, query, docs, max_length=max_length, instruction=instruction)
 
 
 async def engine_scores(
