@@ -33,6 +33,7 @@ import httpx
 from bench.workload import Workload, parse_range
 
 __all__ = [
+    "SCHEMA",
     "LevelResult",
     "RequestFailed",
     "Sender",
@@ -42,8 +43,12 @@ __all__ = [
     "http_sweep",
     "main",
     "make_report",
+    "markdown_table",
+    "parse_levels",
     "percentile",
+    "run_params",
     "workload_from_args",
+    "write_outputs",
 ]
 
 SCHEMA = "rerankd-bench/1"
@@ -346,7 +351,7 @@ def make_report(
         "workload": workload.describe(),
         "run": {
             **run,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
