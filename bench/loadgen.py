@@ -351,7 +351,7 @@ def make_report(
         "workload": workload.describe(),
         "run": {
             **run,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

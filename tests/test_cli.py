@@ -42,3 +42,16 @@ def test_bad_alias_flag_exits_2() -> None:
     out = rerankd("serve", "--alias", "no-equals-sign")
     assert out.returncode == 2
     assert "ALIAS=MODEL" in out.stderr
+
+
+def test_serve_settings_are_what_serve_would_run_with() -> None:
+    from rerankd.cli import serve_settings
+
+    settings = serve_settings(["--max-batch-tokens", "4096", "--device", "cpu"])
+    assert (settings.max_batch_tokens, settings.device) == (4096, "cpu")
+
+
+def test_bench_subcommand_reaches_the_load_generator() -> None:
+    out = rerankd("bench", "--help")
+    assert out.returncode == 0
+    assert "--concurrency" in out.stdout
