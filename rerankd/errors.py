@@ -33,9 +33,12 @@ class RerankdError(Exception):
     status_code: int = 500
     default_message: str = "internal error"
 
+    #: Seconds a client should wait before retrying (sent as ``Retry-After``); None: no header.
+    default_retry_after: float | None = None
+
     def __init__(self, detail: str | None = None, *, retry_after: float | None = None) -> None:
         self.detail = detail or self.default_message
-        self.retry_after = retry_after
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
         super().__init__(self.detail)
 
     @property
@@ -80,9 +83,7 @@ class Overloaded(RerankdError):
 
     status_code = 503
     default_message = "server is overloaded, retry later"
-
-    def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
-        super().__init__(detail, retry_after=retry_after)
+    default_retry_after = 1.0
 
 
 class Timeout(Overloaded):
@@ -91,18 +92,14 @@ class Timeout(Overloaded):
 
 class NotReady(Overloaded):
     default_message = "model is still loading"
-
-    def __init__(self, detail: str | None = None, *, retry_after: float | None = 5.0) -> None:
-        super().__init__(detail, retry_after=retry_after)
+    default_retry_after = 5.0
 
 
 class EngineUnavailable(Overloaded):
     """The engine is down (dead process, unreachable upstream)."""
 
     default_message = "scoring engine is unavailable"
-
-    def __init__(self, detail: str | None = None, *, retry_after: float | None = 5.0) -> None:
-        super().__init__(detail, retry_after=retry_after)
+    default_retry_after = 5.0
 
 
 class EngineStartError(RerankdError):
@@ -143,9 +140,7 @@ class KeyStoreUnavailable(Overloaded):
     """The key store (Redis) has not answered yet, so no key can be checked."""
 
     default_message = "the API key store is unavailable"
-
-    def __init__(self, detail: str | None = None, *, retry_after: float | None = 2.0) -> None:
-        super().__init__(detail, retry_after=retry_after)
+    default_retry_after = 2.0
 
 
 class KeyExists(RerankdError):
