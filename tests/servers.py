@@ -83,12 +83,14 @@ def rerankd_server(
     env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     timeout: float = 120,
+    launcher: Sequence[str] = ("-m", "rerankd"),
 ) -> Iterator[RerankdServer]:
-    """``rerankd serve`` in a subprocess on a free port; waits for ``/ready`` unless told not to."""
+    """``rerankd serve`` in a subprocess on a free port; waits for ``/ready`` unless told not to.
+    ``launcher``: the interpreter's arguments that run rerankd's command line (``-m rerankd``)."""
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="rerankd-", suffix=".log")[1])
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    cmd = [sys.executable, "-m", "rerankd", "serve", "--port", str(port), *args]
+    cmd = [sys.executable, *launcher, "serve", "--port", str(port), *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     server = RerankdServer(f"http://127.0.0.1:{port}", proc, log)

@@ -19,6 +19,7 @@ from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import Settings
 from rerankd.service import RerankService
+from tests.ranking import assert_same_results
 from tests.servers import RedisServer, free_port, inprocess_server, redis_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -146,7 +147,8 @@ async def test_partial_hit_scores_only_the_new_documents_and_keeps_indexes() -> 
         assert all(now[i + 1] == cached[i] for i in range(6))
         uncached = await app.rerank([DOCS[7], *DOCS[:6], DOCS[8]], **{"Cache-Control": "no-cache"})
         assert hits(uncached) == 0
-        assert uncached.json()["results"] == mixed.json()["results"]
+        # Rescored in another batch shape: equal within float noise, not to the bit.
+        assert_same_results(uncached.json()["results"], mixed.json()["results"])
 
 
 async def test_cache_off_scores_every_time() -> None:

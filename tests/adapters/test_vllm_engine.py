@@ -13,7 +13,8 @@ from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource, resolve_model
 from rerankd.adapters.vllm_engine import VLLMEngine, VLLMOptions
 from rerankd.config import ModelConfig
-from tests.fixtures.qwen3_reference import model_card_scores, ranking
+from tests.fixtures.qwen3_reference import model_card_scores
+from tests.ranking import assert_same_ranking
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -53,7 +54,7 @@ async def test_scores_equal_the_model_card(engine: VLLMEngine, tiny_qwen3_dir: P
     result = await engine.score(QUERY, DOCS, EncodeOptions())
     expected = model_card_scores(tiny_qwen3_dir, QUERY, DOCS, max_length=MAX_LENGTH)
     assert result.scores == pytest.approx(expected, abs=1e-4)
-    assert ranking(result.scores) == ranking(expected)
+    assert_same_ranking(result.scores, expected)
     # The random model must tell the pairs apart, or equal rankings would prove nothing.
     assert max(expected) - min(expected) > 0.1
     assert result.n_tokens == sum(map(len, encoded.ids))
@@ -86,7 +87,7 @@ async def test_fifty_concurrent_requests_get_their_own_results(
     for (query, docs), result in zip(requests, results, strict=True):
         expected = model_card_scores(tiny_qwen3_dir, query, docs, max_length=MAX_LENGTH)
         assert result.scores == pytest.approx(expected, abs=1e-4)
-        assert ranking(result.scores) == ranking(expected)
+        assert_same_ranking(result.scores, expected)
     assert engine.stats()["in_flight"] == 0
 
 

@@ -12,8 +12,8 @@ from rerankd.adapters.loader import ModelSource, resolve_model
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.adapters.vllm_engine import VLLMEngine, VLLMOptions
 from rerankd.config import ModelConfig
-from tests.fixtures.qwen3_reference import ranking
 from tests.fixtures.tiny_cross_encoder import build as build_cross_encoder
+from tests.ranking import assert_same_ranking
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -57,5 +57,5 @@ async def test_cross_encoder_scores_equal_the_torch_engine(
     assert any(1 in row for row in encoded.type_ids)
     result = await vllm_engine.score(QUERY, DOCS, EncodeOptions())
     assert result.scores == pytest.approx(expected.scores, abs=1e-4)
-    assert ranking(result.scores) == ranking(expected.scores)
+    assert_same_ranking(result.scores, expected.scores)
     assert max(expected.scores) - min(expected.scores) > 0.05

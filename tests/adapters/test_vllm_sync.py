@@ -13,7 +13,8 @@ from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.vllm_engine import VLLMOptions
 from rerankd.adapters.vllm_sync import VLLMSyncEngine
 from tests.adapters.test_vllm_engine import DOCS, MAX_LENGTH, QUERY, qwen_source
-from tests.fixtures.qwen3_reference import model_card_scores, ranking
+from tests.fixtures.qwen3_reference import model_card_scores
+from tests.ranking import assert_same_ranking
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -32,7 +33,7 @@ async def test_scores_equal_the_model_card(engine: VLLMSyncEngine, tiny_qwen3_di
     result = await engine.score(QUERY, DOCS, EncodeOptions())
     expected = model_card_scores(tiny_qwen3_dir, QUERY, DOCS, max_length=MAX_LENGTH)
     assert result.scores == pytest.approx(expected, abs=1e-4)
-    assert ranking(result.scores) == ranking(expected)
+    assert_same_ranking(result.scores, expected)
 
 
 async def test_concurrent_requests_are_merged_and_split_back(

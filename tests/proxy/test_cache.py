@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from tests.ranking import assert_same_results
 from tests.servers import RedisServer, RerankdServer, redis_server, rerankd_server
 
 QUERY = "What is the capital of France?"
@@ -106,7 +107,8 @@ def test_partial_hit_pays_only_for_new_documents(server_a: RerankdServer) -> Non
     assert mixed.headers["x-cache-hits"] == "3/5"
     fresh = rerank(server_a, [new[0], *old, new[1]], headers={"Cache-Control": "no-cache"})
     assert fresh.headers["x-cache-hits"] == "0/5"
-    assert mixed.json()["results"] == fresh.json()["results"]  # same ranking, same indexes
+    # Same indexes and ranking; the fresh request scored all five in one batch, so only within noise.
+    assert_same_results(mixed.json()["results"], fresh.json()["results"])
 
 
 def test_every_dialect_reports_hits(server_a: RerankdServer) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import cohere
 import pytest
 from langchain_cohere import CohereRerank as LangChainCohereRerank
 from langchain_core.documents import Document
-from llama_index.core.schema import NodeWithScore, TextNode
-from llama_index.postprocessor.cohere_rerank import CohereRerank as LlamaIndexCohereRerank
 from pydantic import SecretStr
 
+from tests.apart import LLAMA_INDEX, run_apart
 from tests.servers import RerankdServer
 
 QUERY = "What is the capital of France?"
@@ -76,10 +76,21 @@ def test_langchain_cohere_rerank(minilm_server: RerankdServer) -> None:
     assert ranked[0].metadata["relevance_score"] > ranked[1].metadata["relevance_score"]
 
 
+LLAMA_INDEX_SCRIPT = """
+import json, sys
+from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.postprocessor.cohere_rerank import CohereRerank
+
+url, model, query, docs = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+reranker = CohereRerank(api_key="dummy", model=model, top_n=2, base_url=url)
+nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.0) for i, t in enumerate(docs)]
+ranked = reranker.postprocess_nodes(nodes, query_str=query)
+print(json.dumps([[n.node.node_id, n.score] for n in ranked]))
+"""
+
+
 def test_llama_index_cohere_rerank(minilm_server: RerankdServer) -> None:
-    reranker = LlamaIndexCohereRerank(api_key="dummy", model=MODEL, top_n=2, base_url=minilm_server.url)
-    nodes = [NodeWithScore(node=TextNode(text=t, id_=str(i)), score=0.0) for i, t in enumerate(DOCS)]
-    ranked = reranker.postprocess_nodes(nodes, query_str=QUERY)
-    assert [n.node.node_id for n in ranked] == ["2", "3"]
-    assert ranked[0].score is not None
-    assert ranked[0].score > 0.5
+    ranked = run_apart(LLAMA_INDEX, LLAMA_INDEX_SCRIPT, minilm_server.url, MODEL, QUERY, json.dumps(DOCS))
+    assert [node_id for node_id, _ in ranked] == ["2", "3"]
+    assert ranked[0][1] > 0.5
+    assert ranked[0][1] > ranked[1][1]

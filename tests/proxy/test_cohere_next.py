@@ -1,21 +1,13 @@
 """The newest Cohere SDK line (7.x) beside the 5.x line that LangChain and LlamaIndex pin.
 
 Both lines are what users run, but one environment can hold only one: scripts/test installs 7.x into
-``.cohere-next`` and this test drives it from a subprocess whose path puts that folder first.
+``.cohere-next`` and this test drives it from a subprocess (tests/apart.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+from tests.apart import COHERE_NEXT, run_apart
 from tests.servers import RerankdServer
-
-ROOT = Path(__file__).resolve().parents[2]
-NEXT = ROOT / ".cohere-next"
 
 SCRIPT = """
 import asyncio, json, sys
@@ -43,19 +35,7 @@ print(json.dumps({
 
 
 def test_cohere_7_clients(minilm_server: RerankdServer) -> None:
-    assert NEXT.is_dir(), (
-        "install the newest SDK first: pip install --no-deps --target .cohere-next 'cohere>=7,<8'"
-    )
-    env = {**os.environ, "PYTHONPATH": f"{NEXT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, minilm_server.url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
+    got = run_apart(COHERE_NEXT, SCRIPT, minilm_server.url)
     assert got["version"].startswith("7.")
     assert [r[0] for r in got["v1"]] == [2, 0, 1]
     assert got["v1"][0][2] == "Paris is the capital of France."
