@@ -67,11 +67,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_documents: PositiveInt = 10_000
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     #: Padded tokens per forward pass (batch rows x longest row).
-    max_batch_tokens: PositiveInt = 16_384
+    #: Padded tokens per forward pass; default: 16384 on GPU, 1024 on CPU (torch engine).
+    max_batch_tokens: PositiveInt | None = None
     max_batch_size: PositiveInt = 256
-    #: Sequences waiting to be scored across all requests; beyond it requests get 503.
-    max_queue_sequences: PositiveInt = 200_000
-    request_timeout_s: PositiveFloat = 300.0
+    #: Sequences waiting to be scored across all requests; beyond it requests get 503. A bound on
+    #: memory: before it is reached, requests that could not finish within request_timeout_s at the
+    #: measured rate are refused (503 + Retry-After) as they arrive.
+    max_queue_sequences: PositiveInt = 100_000
+    #: Seconds one request may take in all (tokenizing, queueing, scoring); then it answers 503.
+    request_timeout_s: PositiveFloat = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # -- per-pair result cache (docs/cache.md) --
     #: Cache every scored (query, document) pair; false: no cache reads, writes or coalescing.

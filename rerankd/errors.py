@@ -22,6 +22,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RerankdError",
+    "ShuttingDown",
     "Timeout",
     "Unauthorized",
 ]
@@ -100,6 +101,14 @@ class EngineUnavailable(Overloaded):
 
     default_message = "scoring engine is unavailable"
     default_retry_after = 5.0
+
+
+class ShuttingDown(RerankdError):
+    """The server stopped before this request finished (shutdown grace over): retry elsewhere."""
+
+    status_code = 503
+    default_message = "server is shutting down; retry the request"
+    default_retry_after = 1.0
 
 
 class EngineStartError(RerankdError):

@@ -1,9 +1,27 @@
 """Cross-request batching for engines that run blocking forward passes (the torch engine).
 
-Every request's sequences enter one queue. A single worker thread takes a window of the oldest
-pending sequences, sorts it by length so rows of a batch pad little, cuts it into micro-batches
-under a padded-token budget, runs them and routes each output back to its request. The event
-loop only enqueues and awaits futures, so it never blocks on the model.
+Every request's sequences enter one scheduler. A single worker thread forms one batch at a time
+from the requests waiting, launches it, and routes each output back to its request. The event loop
+only enqueues and awaits futures, so it never blocks on the model.
+
+Which rows go into the next batch decides who waits. Requests are ranked, best first, by:
+
+1. priority (Cohere's ``priority``: 0 is served first, 999 last), aged so that a waiting request
+   gains a level every ``1 / PRIORITY_AGEING_PER_S`` seconds and is never starved;
+2. the tenant (API key, or client address) that has been served the fewest tokens lately, so one
+   key's flood cannot starve another key's requests;
+3. shortest remaining work first, aged by arrival: a request's rank is its arrival time plus the
+   seconds its remaining rows take at the measured rate. A 2-document request that arrives behind an
+   800-document one is ranked ahead of it and rides in the next batch; the large request keeps
+   its place against newcomers that would finish later than it, so it is never starved.
+
+A batch takes rows from the best-ranked request first (each request's rows sorted by length, so
+its batches pad little), then fills the rest of the padded-token budget from the next ones.
+
+Admission is bounded by time, not only by count: from the measured rate, a request whose work
+and the work ranked ahead of it could not finish before its deadline is refused at once with
+:class:`Overloaded` and a ``Retry-After`` of the time that queue takes to drain, instead of waiting
+until its client gives up. Lower-priority requests are refused first.
 """
 
 from __future__ import annotations
@@ -11,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rerankd.errors import EngineFailure, EngineUnavailable, Overloaded, Timeout
+from rerankd.requester import Requester, requested_by
 
 __all__ = [
     "BATCH_SIZE_BOUNDS",
@@ -39,9 +58,26 @@ Finish = Callable[[], Sequence[Any]]
 Runner = Callable[[list[list[int]], list[list[int]] | None], Finish]
 Item = tuple["_Job", int]
 
-# How many budgets' worth of pending tokens one sort-and-split pass looks at: large enough to
-# group similar lengths, small enough that a newly arrived request waits at most a few batches.
-_WINDOW_BUDGETS = 8
+#: Priority levels a waiting request gains per second (999 reaches 0 after about 10 s).
+PRIORITY_AGEING_PER_S = 100.0
+MAX_PRIORITY = 999
+#: Of the time left before its deadline, the share a request's estimated wait may take when it is
+#: admitted: the estimate is an average, and the request's own rows take time too.
+_ADMIT_SHARE = 0.8
+#: Requests looked at when filling one batch: enough to fill it with small requests' rows.
+_FILL_SCAN = 64
+#: Tokens per second assumed for ranking until a full batch has been measured.
+_DEFAULT_RATE = 10_000.0
+#: The weight of the newest full batch in the measured rate.
+_RATE_WEIGHT = 0.3
+
+
+@dataclass(eq=False, slots=True)
+class _Tenant:
+    name: str
+    #: Tokens launched for this tenant while it had work waiting (its virtual time).
+    served: float = 0.0
+    jobs: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -51,14 +87,34 @@ class _Job:
     future: asyncio.Future[list[Any]]
     loop: asyncio.AbstractEventLoop
     deadline: float | None
+    priority: int
+    tenant: _Tenant
     #: ``time.monotonic()`` when queued: a row's queue wait ends when its batch is launched.
-    enqueued: float = 0.0
+    enqueued: float
+    #: Row indexes by length, shortest first; ``next`` is the position of the next one to launch.
+    order: list[int]
+    next: int = 0
+    #: Tokens of the rows not launched yet.
+    queued_tokens: int = 0
     outputs: list[Any] = field(default_factory=list)
     remaining: int = 0
     failed: bool = False
+    #: Whether the job still has rows waiting (it is in the scheduler's list).
+    queued: bool = True
 
     def abandoned(self) -> bool:
         return self.failed or self.future.done()
+
+    def aged_priority(self, now: float) -> int:
+        return max(0, self.priority - int((now - self.enqueued) * PRIORITY_AGEING_PER_S))
+
+
+@dataclass(slots=True)
+class _Launched:
+    batch: list[Item]
+    finish: Finish
+    #: ``time.perf_counter()`` at launch.
+    at: float
 
 
 #: Upper bounds of the batch-size and queue-wait histograms (rows; seconds).
@@ -93,9 +149,12 @@ class SchedulerStats:
     padded_tokens: int = 0
     real_tokens: int = 0
     busy_s: float = 0.0
-    last_batch_size: int = 0
     #: Batches that carried rows of more than one request: cross-request batching at work.
     mixed_batches: int = 0
+    #: Requests refused at admission because they could not finish before their deadline.
+    refused: int = 0
+    #: Measured real tokens per busy second (0 until measured).
+    tokens_per_s: float = 0.0
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
     #: Per sequence: from its request's submit to the launch of the batch that carries it.
     queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BOUNDS))
@@ -110,19 +169,27 @@ class Scheduler:
         max_batch_size: int,
         max_queue: int,
         name: str = "engine",
+        overlap: bool = True,
     ) -> None:
+        """``overlap``: launch the next batch before waiting for the one in flight. Right where a
+        launch only queues work (CUDA); where the runner computes as it launches (CPU), it would
+        make a request that just arrived wait for one more batch than it must."""
         self._runner = runner
+        self._overlap = overlap
         self._max_tokens = max_batch_tokens
         self._max_size = max_batch_size
         self._max_queue = max_queue
-        self._pending: deque[tuple[_Job, int]] = deque()
+        self._jobs: list[_Job] = []
+        self._tenants: dict[str, _Tenant] = {}
+        self._queued_rows = 0
+        self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
         self._dead: BaseException | None = None
         self._in_flight = 0
         self._busy_since = 0.0
-        #: Rows of the current window not launched yet (written by the worker thread only).
-        self._windowed = 0
+        #: When the last batch landed (worker thread only): a batch's own time starts no earlier.
+        self._last_landed = 0.0
         self._thread = threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)
         self.stats = SchedulerStats()
 
@@ -131,8 +198,8 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        """Sequences not yet launched: queued, or taken into the worker's window and waiting there."""
-        return len(self._pending) + self._windowed
+        """Sequences not yet launched."""
+        return self._queued_rows
 
     def snapshot(self) -> dict[str, float]:
         """The counters engines report as their stats (read at scrape time)."""
@@ -145,6 +212,8 @@ class Scheduler:
             "padded_tokens": s.padded_tokens,
             "busy_seconds": s.busy_s,
             "queue_depth": self.queue_depth,
+            "refused": s.refused,
+            "tokens_per_second": s.tokens_per_s,
         }
 
     @property
@@ -157,26 +226,108 @@ class Scheduler:
         type_ids: list[list[int]] | None = None,
         *,
         deadline: float | None = None,
+        requester: Requester | None = None,
     ) -> list[Any]:
-        """Queue the sequences of one request and wait for their outputs, in order."""
+        """Queue the sequences of one request and wait for their outputs, in order. ``requester``
+        (default: the one the service set for this request) decides where it ranks."""
         if not ids:
             return []
+        who = requester or requested_by.get()
+        tenant = who.tenant
         if not self.alive:
             raise EngineUnavailable()
         loop = asyncio.get_running_loop()
-        job = _Job(
-            ids, type_ids, loop.create_future(), loop, deadline, time.monotonic(), [None] * len(ids), len(ids)
-        )
+        now = time.monotonic()
+        lengths = [len(row) for row in ids]
+        priority = min(max(who.priority, 0), MAX_PRIORITY)
         with self._cond:
             if self._dead is not None:  # died since the check above: nothing would take these rows
                 raise EngineUnavailable()
-            # An idle queue admits any request, so one larger than the bound is slow, not refused.
-            if self._pending and len(self._pending) + len(ids) > self._max_queue:
-                raise Overloaded(f"scoring queue is full ({len(self._pending)} sequences waiting)")
-            self._pending.extend((job, i) for i in range(len(ids)))
+            member = self._tenants.get(tenant)
+            if member is None:
+                # A tenant that (re)turns starts level with the least-served one: no credit saved up.
+                floor = min((t.served for t in self._tenants.values()), default=0.0)
+                member = _Tenant(tenant, served=floor)
+            self._admit(len(ids), sum(lengths), deadline, (priority, member.served, now), now)
+            self._tenants[tenant] = member
+            member.jobs += 1
+            job = _Job(
+                ids,
+                type_ids,
+                loop.create_future(),
+                loop,
+                deadline,
+                priority,
+                member,
+                now,
+                sorted(range(len(ids)), key=lengths.__getitem__),
+                queued_tokens=sum(lengths),
+                outputs=[None] * len(ids),
+                remaining=len(ids),
+            )
+            self._jobs.append(job)
+            self._queued_rows += len(ids)
+            self._queued_tokens += job.queued_tokens
             self._cond.notify()
-        # A cancelled await (client gone) cancels the future; the worker then skips its rows.
+        # A cancelled await (client gone, deadline passed) cancels the future: its rows leave the
+        # queue at once, so they neither run nor count against the admission of others.
+        job.future.add_done_callback(lambda _: self._withdraw(job))
         return await job.future
+
+    def _admit(
+        self, rows: int, tokens: int, deadline: float | None, place: tuple[int, float, float], now: float
+    ) -> None:
+        """Refuse (:class:`Overloaded`) work that would wait past its deadline. Caller holds the lock.
+        ``place``: the new request's rank, but for its own work (added here).
+
+        An idle queue admits any request, so one larger than the bounds is slow, not refused."""
+        if not self._queued_rows:
+            return
+        if self._queued_rows + rows > self._max_queue:
+            self._refuse(f"scoring queue is full ({self._queued_rows} sequences waiting)")
+        rate = self.stats.tokens_per_s
+        if deadline is None or rate <= 0:
+            return
+        priority, served, arrival = place
+        mine = (priority, served, arrival + tokens / rate)
+        # The work ranked ahead of this request is what it waits for (see the module's rules).
+        ahead = sum(j.queued_tokens for j in self._jobs if _rank(j, now, rate) < mine)
+        # Lower priorities get a smaller share of their time: they are the first refused.
+        share = _ADMIT_SHARE * (1 - 0.5 * priority / MAX_PRIORITY)
+        if (ahead + tokens) / rate > (deadline - now) * share:
+            self._refuse(
+                f"scoring queue is too long to finish this request in time "
+                f"({self._queued_rows} sequences waiting, about {ahead / rate:.1f} s of work ahead)",
+                drain_s=ahead / rate,
+            )
+
+    def _refuse(self, detail: str, drain_s: float | None = None) -> None:
+        self.stats.refused += 1
+        if drain_s is None:
+            rate = self.stats.tokens_per_s
+            drain_s = self._queued_tokens / rate if rate > 0 else 1.0
+        raise Overloaded(detail, retry_after=min(60.0, max(1.0, math.ceil(drain_s))))
+
+    def _withdraw(self, job: _Job) -> None:
+        """Take a finished, failed or cancelled job's unlaunched rows out of the queue."""
+        with self._cond:
+            self._drop(job)
+
+    def _drop(self, job: _Job) -> None:
+        """Forget a job's unlaunched rows. Caller holds the lock; a no-op once all are launched."""
+        self._queued_rows -= len(job.order) - job.next
+        self._queued_tokens -= job.queued_tokens
+        job.next, job.queued_tokens = len(job.order), 0
+        self._detach(job)
+
+    def _detach(self, job: _Job) -> None:
+        if not job.queued:
+            return
+        job.queued = False
+        self._jobs.remove(job)
+        job.tenant.jobs -= 1
+        if job.tenant.jobs == 0:
+            del self._tenants[job.tenant.name]
 
     async def close(self) -> None:
         with self._cond:
@@ -188,72 +339,76 @@ class Scheduler:
     # -- worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
-        window: list[Item] = []
+        in_flight: _Launched | None = None
+        batch: list[Item] = []
         try:
             while True:
-                taken = self._take_window()
-                if taken is None:
-                    return
-                window = taken
-                self._windowed = len(window)
-                in_flight: tuple[list[Item], Finish] | None = None
-                for batch in self._split(window):
-                    launched = self._launch(batch)
-                    self._windowed -= len(batch)
-                    if in_flight is not None:
-                        self._complete(*in_flight)
-                    in_flight = launched
+                # Block for work only with nothing in flight; else launch what is there, then
+                # wait for the batch in flight.
+                if in_flight is not None and not self._overlap:
+                    self._complete(in_flight)
+                    in_flight = None
+                batch = self._take_batch(block=in_flight is None)
+                launched = self._launch(batch) if batch else None
                 if in_flight is not None:
-                    self._complete(*in_flight)
+                    self._complete(in_flight)
+                in_flight = launched
+                if in_flight is None and not batch and self._closing and not self._jobs:
+                    return
         except BaseException as exc:  # the worker must never die silently: fail everything queued
             log.exception("scheduler worker died")
-            self._windowed = 0
             with self._cond:
                 self._dead = exc
-            # Jobs of the window being run are no longer in the queue: fail them too, or they wait
-            # for their deadline.
-            for job in {job for job, _ in window}:
+            # Rows in hand are no longer queued: fail their jobs too, or they wait for their deadline.
+            held = batch + (in_flight.batch if in_flight is not None else [])
+            for job in {job for job, _ in held}:
                 if not job.abandoned():
                     self._fail(job, EngineUnavailable())
             self._fail_all(EngineUnavailable())
 
-    def _take_window(self) -> list[Item] | None:
+    def _take_batch(self, *, block: bool) -> list[Item]:
         with self._cond:
-            while not self._pending and not self._closing:
+            while block and not self._jobs and not self._closing:
                 self._cond.wait()
-            if self._closing and not self._pending:
-                return None
-            window: list[Item] = []
-            tokens = 0
             now = time.monotonic()
-            while self._pending and tokens < self._max_tokens * _WINDOW_BUDGETS:
-                job, row = self._pending.popleft()
-                if job.abandoned():
-                    continue
-                if job.deadline is not None and now > job.deadline:
+            self._expire(now)
+            rate = self.stats.tokens_per_s or _DEFAULT_RATE
+            batch: list[Item] = []
+            for job in sorted(self._jobs, key=lambda j: _rank(j, now, rate))[:_FILL_SCAN]:
+                self._fill(batch, job)
+                if len(batch) >= self._max_size:
+                    break
+            return batch
+
+    def _expire(self, now: float) -> None:
+        for job in list(self._jobs):
+            if job.abandoned() or (job.deadline is not None and now > job.deadline):
+                if not job.abandoned():
                     self._fail(job, Timeout())
-                    continue
-                window.append((job, row))
-                tokens += len(job.ids[row])
-            return window
+                self._drop(job)
 
-    def _split(self, window: list[Item]) -> list[list[Item]]:
-        window.sort(key=lambda item: len(item[0].ids[item[1]]))
-        batches: list[list[Item]] = []
-        current: list[Item] = []
-        for item in window:
-            longest = len(item[0].ids[item[1]])  # sorted: this row is the longest so far
-            if current and (
-                longest * (len(current) + 1) > self._max_tokens or len(current) >= self._max_size
-            ):
-                batches.append(current)
-                current = []
-            current.append(item)
-        if current:
-            batches.append(current)
-        return batches
+    def _fill(self, batch: list[Item], job: _Job) -> None:
+        """Add the job's next rows (shortest first) while the batch stays within its budgets."""
+        longest = max((len(j.ids[r]) for j, r in batch), default=0)
+        taken = rows = 0
+        while job.next < len(job.order) and len(batch) < self._max_size:
+            row = job.order[job.next]
+            n = len(job.ids[row])
+            if batch and max(longest, n) * (len(batch) + 1) > self._max_tokens:
+                break
+            longest = max(longest, n)
+            batch.append((job, row))
+            job.next += 1
+            taken += n
+            rows += 1
+        job.queued_tokens -= taken
+        self._queued_rows -= rows
+        self._queued_tokens -= taken
+        job.tenant.served += taken
+        if job.next == len(job.order):
+            self._detach(job)  # every row is in hand; they still complete
 
-    def _launch(self, batch: list[Item]) -> tuple[list[Item], Finish] | None:
+    def _launch(self, batch: list[Item]) -> _Launched | None:
         batch = [item for item in batch if not item[0].abandoned()]
         if not batch:
             return None
@@ -262,25 +417,36 @@ class Scheduler:
         if batch[0][0].type_ids is not None:
             types = [job.type_ids[row] for job, row in batch if job.type_ids is not None]
         self._waited(batch)
+        # Timed from before the launch: on CPU the runner computes the whole batch as it launches.
+        launched = time.perf_counter()
+        if self._in_flight == 0:
+            self._busy_since = launched
+        self._in_flight += 1
         try:
             finish = self._runner(ids, types)
         except Exception:
+            self._landed()
             self._batch_failed(batch)
             return None
-        if self._in_flight == 0:
-            self._busy_since = time.perf_counter()
-        self._in_flight += 1
-        return batch, finish
+        return _Launched(batch, finish, launched)
 
-    def _complete(self, batch: list[Item], finish: Finish) -> None:
+    def _complete(self, launched: _Launched) -> None:
+        batch = launched.batch
         try:
-            outputs = finish()
+            outputs = launched.finish()
         except Exception:
             self._batch_failed(batch)
             return
         finally:
             self._landed()
-        self._record([job.ids[row] for job, row in batch], len({id(job) for job, _ in batch}))
+        now = time.perf_counter()
+        # The batch's own time: overlapped batches start being served when the one before lands.
+        self._record(
+            [job.ids[row] for job, row in batch],
+            len({id(job) for job, _ in batch}),
+            now - max(launched.at, self._last_landed),
+        )
+        self._last_landed = now
         for (job, row), out in zip(batch, outputs, strict=True):
             if job.abandoned():
                 continue
@@ -309,15 +475,23 @@ class Scheduler:
         if self._in_flight == 0:
             self.stats.busy_s += time.perf_counter() - self._busy_since
 
-    def _record(self, ids: list[list[int]], n_jobs: int) -> None:
+    def _record(self, ids: list[list[int]], n_jobs: int, seconds: float) -> None:
         s = self.stats
+        real = sum(map(len, ids))
+        padded = max(map(len, ids)) * len(ids)
         s.batches += 1
         s.mixed_batches += n_jobs > 1
         s.sequences += len(ids)
-        s.last_batch_size = len(ids)
         s.batch_sizes.observe(len(ids))
-        s.real_tokens += sum(map(len, ids))
-        s.padded_tokens += max(map(len, ids)) * len(ids)
+        s.real_tokens += real
+        s.padded_tokens += padded
+        # The rate that matters is the one under load, when batches are full: a small batch costs
+        # its fixed overheads over few tokens and would make a long queue look far slower to drain.
+        full = padded * 2 >= self._max_tokens or len(ids) >= self._max_size
+        if full and seconds > 0:
+            measured = real / seconds
+            old = s.tokens_per_s or measured
+            s.tokens_per_s = (1 - _RATE_WEIGHT) * old + _RATE_WEIGHT * measured
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         job.failed = True
@@ -325,10 +499,16 @@ class Scheduler:
 
     def _fail_all(self, exc: Exception) -> None:
         with self._cond:
-            jobs = {job for job, _ in self._pending}
-            self._pending.clear()
+            jobs = list(self._jobs)
+            for job in jobs:
+                self._drop(job)
         for job in jobs:
             self._fail(job, exc)
+
+
+def _rank(job: _Job, now: float, rate: float) -> tuple[int, float, float]:
+    """Best first: aged priority, least-served tenant, then arrival plus remaining work in seconds."""
+    return (job.aged_priority(now), job.tenant.served, job.enqueued + job.queued_tokens / rate)
 
 
 def _resolve(future: asyncio.Future[list[Any]], outputs: list[Any]) -> None:

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -29,8 +30,12 @@ from rerankd.errors import (
     ModelNotFound,
     NotReady,
     RerankdError,
+    ShuttingDown,
+    Timeout,
 )
-from rerankd.scoring import READ_WRITE, CachePolicy, PairScorer
+from rerankd.requester import Requester, requested_by
+from rerankd.scoring import READ_WRITE, CachePolicy, PairScorer, Scored
+from rerankd.threads import in_daemon_thread
 
 __all__ = [
     "READ_WRITE",
@@ -56,6 +61,8 @@ class RerankQuery:
     model: str | None = None
     top_n: int | None = None
     options: EncodeOptions = field(default_factory=EncodeOptions)
+    #: Cohere's ``priority``: 0 (the default) is served first, 999 last; see rerankd.scheduler.
+    priority: int = 0
 
 
 class Ranked(msgspec.Struct, frozen=True, gc=False):
@@ -95,6 +102,9 @@ class RerankService:
         self.engines: dict[str, Engine] = {}
         self._ready = asyncio.Event()
         self._draining = False
+        #: Requests being scored, so that shutdown can end them with an answer (abort_in_flight).
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._aborting = False
         self.scorer = _build_scorer(settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -106,9 +116,11 @@ class RerankService:
         for i, (name, source) in enumerate(self.sources.items(), 1):
             log.info("loading model %s (%d of %d) from %s", name, i, len(self.sources), source.path)
             started = time.perf_counter()
-            engine = self._factory(source, self.settings)
-            self.engines[name] = engine
             async with self._progress(name, started):
+                # Building an engine imports its framework (torch: seconds): off the event loop,
+                # on a daemon thread so that a stop signal during the import need not wait for it.
+                engine = await in_daemon_thread(self._factory, source, self.settings)
+                self.engines[name] = engine
                 await engine.start()
             log.info("model %s ready in %.1f s", name, time.perf_counter() - started)
         # What is loaded by now (frameworks, model code) lives as long as the process: take it
@@ -142,6 +154,15 @@ class RerankService:
         """Shutdown has begun: ``ready`` turns false so no new traffic is routed here, while
         requests in flight still finish."""
         self._draining = True
+
+    def abort_in_flight(self) -> int:
+        """End every request still being scored with :class:`ShuttingDown` (503, Retry-After), so
+        its client gets an answer it can retry elsewhere instead of a cut connection. Returns how
+        many there were."""
+        self._aborting = True
+        for task in self._in_flight:
+            task.cancel()
+        return len(self._in_flight)
 
     async def close(self) -> None:
         self._draining = True
@@ -192,8 +213,18 @@ class RerankService:
         )
 
     async def rerank(
-        self, q: RerankQuery, *, request_id: str = "-", cache: CachePolicy = READ_WRITE
+        self,
+        q: RerankQuery,
+        *,
+        request_id: str = "-",
+        cache: CachePolicy = READ_WRITE,
+        tenant: str = "",
     ) -> RerankOutcome:
+        """Rank ``q``'s documents. ``tenant`` (API key name, or client address) is who the work is
+        for: the scheduler shares the engine fairly between tenants.
+
+        One deadline (``request_timeout_s``) bounds the whole request, tokenizing, queueing and
+        scoring: when it passes, the work stops and :class:`Timeout` answers."""
         name = self.resolve(q.model)
         self._check(q)
         if not self._ready.is_set():
@@ -201,7 +232,40 @@ class RerankService:
         engine = self.engines[name]
         if not engine.healthy:
             raise EngineUnavailable()
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        token = requested_by.set(Requester(tenant=tenant, priority=q.priority))
+        timeout = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self._score(name, engine, q, request_id, cache, time.monotonic() + timeout)
+        except TimeoutError:
+            raise Timeout(f"the request did not finish within {timeout:g} s (request_timeout_s)") from None
+        except asyncio.CancelledError:
+            if not self._aborting:
+                raise
+            task.uncancel()
+            raise ShuttingDown() from None
+        finally:
+            requested_by.reset(token)
+            self._in_flight.discard(task)
+        scores = result.scores
+        # Best first; a stable sort keeps equal scores in request order, also when reversed.
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+        top_n = len(order) if not q.top_n else min(q.top_n, len(order))
+        return RerankOutcome(
+            model=name,
+            results=[Ranked(i, scores[i]) for i in order[:top_n]],
+            input_tokens=result.n_tokens,
+            search_units=search_units(result.n_chunks),
+            cache_hits=result.hits,
+            cached_tokens=result.cached_tokens,
+        )
+
+    async def _score(
+        self, name: str, engine: Engine, q: RerankQuery, request_id: str, cache: CachePolicy, deadline: float
+    ) -> Scored:
         default_instruction = self.sources[name].config.instruction
         if default_instruction and not q.options.instruction:
             # The model's configured instruction stands in for the card's when a request sends none.
@@ -209,7 +273,7 @@ class RerankService:
                 q, options=dataclasses.replace(q.options, instruction=default_instruction)
             )
         try:
-            result = await self.scorer.score(
+            return await self.scorer.score(
                 engine,
                 q.query,
                 q.documents,
@@ -223,18 +287,6 @@ class RerankService:
         except Exception as exc:
             log.exception("request %s: engine %s failed", request_id, name)
             raise EngineFailure() from exc
-        scores = result.scores
-        # Best first; a stable sort keeps equal scores in request order, also when reversed.
-        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
-        top_n = len(order) if not q.top_n else min(q.top_n, len(order))
-        return RerankOutcome(
-            model=name,
-            results=[Ranked(i, scores[i]) for i in order[:top_n]],
-            input_tokens=result.n_tokens,
-            search_units=search_units(result.n_chunks),
-            cache_hits=result.hits,
-            cached_tokens=result.cached_tokens,
-        )
 
 
 def _build_scorer(settings: Settings) -> PairScorer:

@@ -12,7 +12,10 @@ from typing import Any
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
 
-__all__ = ["Engine", "LocalEngine", "ScoreResult"]
+__all__ = ["TOKENIZE_CHUNK", "Engine", "LocalEngine", "ScoreResult"]
+
+#: Documents per tokenization task.
+TOKENIZE_CHUNK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +76,18 @@ class LocalEngine(Engine):
     async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]: ...
 
     async def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        """Tokenize in chunks of documents, each one task of the pool: a request cancelled (client
+        gone, deadline passed) stops after the chunk in hand, and other requests' chunks get the
+        pool's threads in between, so one large request cannot hold tokenization for the rest."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenize_pool, self.format.encode, query, documents, opts)
+        parts = []
+        for start in range(0, len(documents), TOKENIZE_CHUNK):
+            chunk = documents[start : start + TOKENIZE_CHUNK]
+            parts.append(await loop.run_in_executor(self._tokenize_pool, self._encode, query, chunk, opts))
+        return parts[0] if len(parts) == 1 else Encoded.concat(parts)
+
+    def _encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        return self.format.encode(query, self.format.bound_texts(documents, opts), opts)
 
     async def score(
         self, query: str, documents: Sequence[str], opts: EncodeOptions, *, deadline: float | None = None

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from rerankd.adapters.prompts import QWEN3, PromptTemplate
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "FORMATS",
     "BiEncoderFormat",
     "CrossEncoderFormat",
@@ -29,6 +30,11 @@ __all__ = [
 ]
 
 FormatKind = Literal["llm-yes-no", "cross-encoder", "bi-encoder"]
+
+#: Characters kept per token a document may need, before tokenizing (text averages about four).
+CHARS_PER_TOKEN = 8
+#: Tokens tokenized beyond those needed, so that a word cut in two lies past the ones scored.
+_CUT_MARGIN_TOKENS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,25 @@ class Encoded:
     @property
     def n_chunks(self) -> int:
         return sum(1 for o in self.owner if o >= 0)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Encoded]) -> Encoded:
+        """The parts of one request encoded in chunks of documents, as if encoded at once: owners
+        are offset, and a query row that every part carries (bi-encoders) is kept once."""
+        ids: list[list[int]] = []
+        owner: list[int] = []
+        types: list[list[int]] | None = [] if parts[0].type_ids is not None else None
+        offset = 0
+        for part in parts:
+            for row, who in enumerate(part.owner):
+                if who < 0 and offset > 0:
+                    continue
+                ids.append(part.ids[row])
+                owner.append(who if who < 0 else who + offset)
+                if types is not None and part.type_ids is not None:
+                    types.append(part.type_ids[row])
+            offset += part.n_documents
+        return cls(ids=ids, owner=owner, n_documents=offset, type_ids=types)
 
 
 def windows(ids: Sequence[int], size: int, max_chunks: int) -> list[list[int]]:
@@ -89,6 +114,29 @@ class ModelFormat(ABC):
                 continue
             scores[owner] = max(scores[owner], float(out))
         return scores
+
+    def bound_texts(self, documents: Sequence[str], opts: EncodeOptions) -> list[str]:
+        """Cut each document to a prefix that still holds every token the model can be fed.
+
+        Tokenizing costs time and memory in proportion to the text, but only ``max_length`` tokens
+        per window are scored: a 5 MB document is cut before it is tokenized. The cut is exact, not
+        a guess: a long document is cut after ``CHARS_PER_TOKEN`` characters per needed token, the
+        cut is tokenized, and if it holds fewer tokens than needed (plus a margin, so the word split
+        at the cut lies beyond them) the cut is doubled and tried again."""
+        need = self.max_length * max(1, opts.max_chunks)
+        if opts.max_tokens_per_doc:
+            need = min(need, opts.max_tokens_per_doc)
+        need += _CUT_MARGIN_TOKENS
+        return [doc if len(doc) <= need * CHARS_PER_TOKEN else self._cut(doc, need) for doc in documents]
+
+    def _cut(self, doc: str, need: int) -> str:
+        cut = need * CHARS_PER_TOKEN
+        while cut < len(doc):
+            ids = self.tokenizer(doc[:cut], add_special_tokens=False, verbose=False)["input_ids"]
+            if len(ids) >= need:
+                return doc[:cut]
+            cut *= 2
+        return doc
 
     def _cap_texts(self, documents: Sequence[str], cap: int | None) -> list[str]:
         """Cut each text after ``cap`` tokens, at a character offset so the text stays intact."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -15,8 +14,9 @@ from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, mak
 from rerankd.adapters.loader import ModelSource
 from rerankd.errors import ConfigError
 from rerankd.scheduler import Finish, Scheduler
+from rerankd.threads import in_daemon_thread
 
-__all__ = ["TorchEngine", "pick_device", "pick_dtype"]
+__all__ = ["TorchEngine", "default_batch_tokens", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per forward pass when not set. A GPU needs large batches to be busy; on a CPU
+    throughput hardly grows past a few thousand tokens while every batch is time that a request
+    arriving meanwhile waits, so batches there are kept short."""
+    return 16_384 if device.type == "cuda" else 1_024
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -45,7 +52,7 @@ class TorchEngine(LocalEngine):
         *,
         device: str = "auto",
         dtype: str = "auto",
-        max_batch_tokens: int = 16_384,
+        max_batch_tokens: int | None = None,
         max_batch_size: int = 256,
         max_queue: int = 200_000,
         threads: int | None = None,
@@ -60,16 +67,18 @@ class TorchEngine(LocalEngine):
         self._pad_id = 0
         self.scheduler = Scheduler(
             self._run_batch,
-            max_batch_tokens=max_batch_tokens,
+            max_batch_tokens=max_batch_tokens or default_batch_tokens(self.device),
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             name=source.name,
+            # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
+            overlap=self.device.type != "cpu",
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        await in_daemon_thread(self._load)  # a stop signal while loading need not wait for it
         self.scheduler.start()
         # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now.
         await self.score("warm-up", ["warm-up document"], EncodeOptions())

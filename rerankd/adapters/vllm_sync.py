@@ -36,7 +36,7 @@ class VLLMSyncEngine(LocalEngine):
         source: ModelSource,
         options: VLLMOptions,
         *,
-        max_batch_tokens: int = 16_384,
+        max_batch_tokens: int | None = None,
         max_batch_size: int = 256,
         max_queue: int = 200_000,
     ) -> None:
@@ -48,10 +48,11 @@ class VLLMSyncEngine(LocalEngine):
         self._cache_tag = "vllm"
         self.scheduler = Scheduler(
             self._run_batch,
-            max_batch_tokens=max_batch_tokens,
+            max_batch_tokens=max_batch_tokens or 16_384,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             name=f"vllm-{source.name}",
+            overlap=False,  # LLM.encode runs the batch to the end as it is launched
         )
 
     async def start(self) -> None:

@@ -181,6 +181,7 @@ _ENGINE_COUNTERS: Mapping[str, tuple[str, str]] = {
     "mixed_batches": ("rerankd_engine_mixed_batches", "Forward passes that carried several requests"),
     "sequences": ("rerankd_engine_sequences", "Sequences scored by the model"),
     "busy_seconds": ("rerankd_engine_busy_seconds", "Wall time with a forward pass in flight"),
+    "refused": ("rerankd_engine_refused", "Requests refused as they arrived: they could not finish in time"),
 }
 
 _CACHE_COUNTERS: Mapping[str, tuple[str, str]] = {

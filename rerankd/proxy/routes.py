@@ -42,6 +42,15 @@ def cache_policy(request: AnyRequest) -> CachePolicy:
     return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
 
 
+def tenant_of(request: AnyRequest) -> str:
+    """Who the engine's time is shared between: the API key's name, else the client's address."""
+    key = request.scope.get("state", {}).get("api_key")
+    if key:
+        return f"key:{key}"
+    client = request.scope.get("client")
+    return f"addr:{client[0]}" if client else ""
+
+
 def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str]:
     return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
 
@@ -49,7 +58,9 @@ def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str
 async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
     note_query(request, service, query)
-    work = service.rerank(query, request_id=request_id_of(request), cache=cache_policy(request))
+    work = service.rerank(
+        query, request_id=request_id_of(request), cache=cache_policy(request), tenant=tenant_of(request)
+    )
     outcome = await until_disconnect(request, work)
     note_usage(request, outcome)
     note_outcome(request, outcome)

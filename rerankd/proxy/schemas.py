@@ -129,7 +129,9 @@ class Dialect:
             max_tokens_per_doc=req.max_tokens_per_doc,
             max_chunks=req.max_chunks_per_doc or self.default_max_chunks,
         )
-        return RerankQuery(req.query, texts, model=req.model, top_n=req.top_n, options=opts)
+        return RerankQuery(
+            req.query, texts, model=req.model, top_n=req.top_n, options=opts, priority=req.priority or 0
+        )
 
     def results(self, req: RerankRequest, outcome: RerankOutcome) -> list[Result]:
         show = self.return_documents if req.return_documents is None else req.return_documents

@@ -2,12 +2,15 @@
 
 On SIGTERM (or SIGINT) uvicorn stops accepting connections, lets requests in flight finish within
 ``timeout_graceful_shutdown`` (``shutdown_grace_s``), cancels what is left, and runs the lifespan
-shutdown, which closes the engines, their executors and the cache. This class adds the first step:
-``/ready`` turns false as soon as shutdown begins.
+shutdown, which closes the engines, their executors and the cache. This class adds two steps:
+``/ready`` turns false as soon as shutdown begins, and when the grace period ends, requests still
+being scored are answered with a JSON 503 and ``Retry-After`` (the client retries on another
+replica) instead of being cut off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -23,6 +26,11 @@ __all__ = ["Server", "run_until_stopped"]
 log = logging.getLogger(__name__)
 
 
+#: Seconds between the end of the grace period, when requests still scoring are answered with 503,
+#: and uvicorn's own cut-off, which cancels whatever is left with a bare 500.
+ANSWER_MARGIN_S = 2
+
+
 class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, service: RerankService) -> None:
         super().__init__(config)
@@ -30,14 +38,24 @@ class Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.service.drain()
-        in_flight = len(self.server_state.tasks)
+        grace = self.config.timeout_graceful_shutdown or 0
         log.info(
             "shutting down: no new connections; %d request(s) in flight get up to %.0f s to finish",
-            in_flight,
-            self.config.timeout_graceful_shutdown or 0,
+            len(self.server_state.tasks),
+            grace,
         )
-        await super().shutdown(sockets)
+        abort = asyncio.get_running_loop().call_later(grace, self._grace_over)
+        self.config.timeout_graceful_shutdown = grace + ANSWER_MARGIN_S
+        try:
+            await super().shutdown(sockets)
+        finally:
+            abort.cancel()
         log.info("shut down")
+
+    def _grace_over(self) -> None:
+        n = self.service.abort_in_flight()
+        if n:
+            log.warning("grace period over: %d request(s) still scoring are answered with 503 to retry", n)
 
 
 class _Stopped(Exception):
