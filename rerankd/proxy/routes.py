@@ -9,10 +9,9 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.spec import SecurityRequirement
 
-from rerankd.proxy.auth import note_usage
+from rerankd.proxy.context import RequestContext, context_of, header
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
-from rerankd.proxy.observe import note_outcome, note_query
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
@@ -35,10 +34,10 @@ CACHE_HEADERS = [
 
 def cache_policy(request: AnyRequest) -> CachePolicy:
     """``Cache-Control: no-cache`` skips the cache read, ``no-store`` the write."""
-    value = request.headers.get("cache-control")
+    value = header(request.scope["headers"], b"cache-control")
     if not value:
         return READ_WRITE
-    directives = {d.strip().lower() for d in value.split(",")}
+    directives = {d.strip().lower() for d in value.decode("latin-1").split(",")}
     return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
 
 
@@ -46,13 +45,19 @@ def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str
     return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
 
 
+def _context(request: AnyRequest) -> RequestContext:
+    ctx = context_of(request.scope)
+    assert ctx is not None, "the request middleware runs on every route"
+    return ctx
+
+
 async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
-    note_query(request, service, query)
-    work = service.rerank(query, request_id=request_id_of(request), cache=cache_policy(request))
-    outcome = await until_disconnect(request, work)
-    note_usage(request, outcome)
-    note_outcome(request, outcome)
+    ctx = _context(request)
+    ctx.requested_model = query.model
+    ctx.documents = len(query.documents)
+    work = service.rerank(query, request_id=ctx.request_id, cache=cache_policy(request))
+    ctx.outcome = outcome = await until_disconnect(request.receive, work)
     return outcome
 
 
@@ -73,7 +78,8 @@ async def rerank_v1(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V1.to_query(data))
-    return Response(V1.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = V1.cohere(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 @_scoring("/v2/rerank", "Rerank (Cohere v2)")
@@ -81,7 +87,8 @@ async def rerank_v2(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V2.to_query(data))
-    return Response(V2.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = V2.cohere(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 @_scoring("/rerank", "Rerank (Jina / vLLM style)")
@@ -89,7 +96,8 @@ async def rerank_jina(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[JinaResponse]:
     outcome = await _rerank(request, service, JINA.to_query(data))
-    return Response(JINA.jina(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = JINA.jina(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 class ModelCard(msgspec.Struct):
