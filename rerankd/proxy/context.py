@@ -13,7 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from rerankd.auth.gate import Gate
 from rerankd.auth.keys import KeyRecord
+from rerankd.errors import RerankdError
 from rerankd.service import RerankOutcome
 
 __all__ = ["CONTEXT_KEY", "RequestContext", "context_of", "header", "request_id_from"]
@@ -31,6 +33,8 @@ class RequestContext:
     routed: bool = True
     #: The key that was let through (its name is logged; the key itself is never kept).
     key: KeyRecord | None = None
+    #: The gate that let it through, for the token reservation of scoring routes.
+    gate: Gate | None = None
     #: Set by scoring routes once the body is decoded.
     requested_model: str | None = None
     documents: int | None = None
@@ -38,6 +42,8 @@ class RequestContext:
     #: Tokens held on the key's token bucket at admission, settled when the response starts.
     reserved_tokens: int = 0
     settled: bool = False
+    #: A refusal raised after the middleware let the request in (a token reservation that did not fit).
+    refusal: RerankdError | None = None
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

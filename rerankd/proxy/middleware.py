@@ -93,6 +93,8 @@ class RequestMiddleware:
             in_flight.dec()
             if ctx.key is not None and not ctx.settled:  # failed before any response started
                 await self._settle(ctx)
+            if ctx.refusal is not None:
+                self._refused(scope, ctx, ctx.refusal)
             route = str(scope.get("path_template") or UNMATCHED)
             finish(self.metrics, self.service, scope, ctx, route, status, time.perf_counter() - started)
 
@@ -104,25 +106,35 @@ class RequestMiddleware:
             await self.gate.admit(record)
         except RerankdError as exc:
             ctx.settled = True  # nothing to settle for a refused request
-            self.metrics.refused(exc)
-            log.info(
-                "request %s: %s %s refused with %d: %s (key %s)",
-                ctx.request_id,
-                scope.get("method"),
-                scope["path"],
-                exc.status_code,
-                exc.detail,
-                ctx.key.name if ctx.key is not None else "-",
-            )
+            self._refused(scope, ctx, exc)
             return exc
+        ctx.gate = self.gate
         log.debug("request %s: key %s", ctx.request_id, record.name)
         return None
 
+    def _refused(self, scope: Scope, ctx: RequestContext, exc: RerankdError) -> None:
+        self.metrics.refused(exc)
+        log.info(
+            "request %s: %s %s refused with %d: %s (key %s)",
+            ctx.request_id,
+            scope.get("method"),
+            scope["path"],
+            exc.status_code,
+            exc.detail,
+            ctx.key.name if ctx.key is not None else "-",
+        )
+
     async def _settle(self, ctx: RequestContext) -> None:
-        """Charge what the request scored (nothing when it failed before scoring)."""
+        """Charge what the request scored, in place of what was reserved for it (all of which goes
+        back when it failed before scoring)."""
         ctx.settled = True
         assert ctx.key is not None
         outcome = ctx.outcome
-        if outcome is None:
+        if outcome is None and not ctx.reserved_tokens:
             return
-        await self.gate.charge(ctx.key, tokens=outcome.input_tokens, search_units=outcome.search_units)
+        await self.gate.settle(
+            ctx.key,
+            reserved=ctx.reserved_tokens,
+            tokens=outcome.input_tokens if outcome is not None else 0,
+            search_units=outcome.search_units if outcome is not None else 0,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -9,6 +10,10 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.spec import SecurityRequirement
 
+from rerankd.auth.gate import Gate
+from rerankd.auth.keys import KeyRecord
+from rerankd.errors import RateLimited
+from rerankd.estimate import token_bound
 from rerankd.proxy.context import RequestContext, context_of, header
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
@@ -56,9 +61,28 @@ async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuer
     ctx = _context(request)
     ctx.requested_model = query.model
     ctx.documents = len(query.documents)
+    if ctx.key is not None and ctx.key.tpm and ctx.gate is not None:
+        await _reserve(ctx, ctx.gate, ctx.key, service, query)
     work = service.rerank(query, request_id=ctx.request_id, cache=cache_policy(request))
     ctx.outcome = outcome = await until_disconnect(request.receive, work)
     return outcome
+
+
+async def _reserve(
+    ctx: RequestContext, gate: Gate, key: KeyRecord, service: RerankService, query: RerankQuery
+) -> None:
+    """Hold the most tokens this request can score on its key's token bucket; the request
+    middleware settles the real count when the response starts."""
+    source = service.sources[service.resolve(query.model)]
+    opts = query.options
+    if not opts.instruction and source.config.instruction:
+        opts = dataclasses.replace(opts, instruction=source.config.instruction)
+    bound = token_bound(source.format, source.max_length, query.query, query.documents, opts)
+    try:
+        ctx.reserved_tokens = await gate.reserve(key, bound)
+    except RateLimited as exc:
+        ctx.refusal = exc  # logged and counted by the middleware, as its own refusals
+        raise
 
 
 def _scoring(path: str, summary: str) -> post:
