@@ -44,14 +44,16 @@ def token_bound(
     ``max_length`` is the model's tokens per sequence (0: unknown, as for remote models)."""
     q = _size(query)
     extra = 0
-    if model_format == "llm-yes-no":
-        instruction = _size(opts.instruction) if opts.instruction else _DEFAULT_INSTRUCTION_BYTES
-        fixed = _TEMPLATE_BYTES + instruction + q + SPECIALS
-    elif model_format == "bi-encoder":
+    if model_format == "bi-encoder":
         fixed = SPECIALS  # documents are embedded alone; the query once, as its own row
         extra = q + SPECIALS if not max_length else min(max_length, q + SPECIALS)
-    else:  # cross-encoder, and anything unknown: query and document in one sequence
+    elif model_format == "cross-encoder":  # query and document in one sequence
         fixed = q + SPECIALS
+    else:
+        # LLM rerankers, and remote models (whose upstream may wrap a prompt around each pair):
+        # the longest prompt template known here, with its instruction.
+        instruction = _size(opts.instruction) if opts.instruction else _DEFAULT_INSTRUCTION_BYTES
+        fixed = _TEMPLATE_BYTES + instruction + q + SPECIALS
     chunks = max(1, opts.max_chunks)
     total = extra
     for doc in documents:
