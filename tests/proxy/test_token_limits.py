@@ -97,3 +97,22 @@ def test_a_burst_scores_at_most_tpm_plus_one_request(limited: Served) -> None:
     assert usage["tokens"] == sum(scored)
     # Requests let through: the scored ones and the one /v1/models call that found the key loaded.
     assert (usage["requests"], usage["rate_limited"]) == (len(ok) + 1, len(refused))
+
+
+def test_the_bound_covers_what_an_llm_reranker_scores(tiny_qwen3_dir: Path) -> None:
+    # Byte-level BPE and the Qwen3 prompt template; long documents chunked (v1), an instruction.
+    long_doc = "Paris is the capital of France and its largest city. " * 40
+    docs = ["Paris", "Berlin, ünïcödé and 東京", long_doc]
+    with rerankd_server(["--model", f"qwen3={tiny_qwen3_dir}"]) as server:
+        card = httpx.get(server.url + "/v1/models", timeout=30).json()["data"][0]
+        for path, chunks in (("/v1/rerank", 10), ("/v2/rerank", 1)):
+            for instruction in (None, "Find the capital"):
+                body: dict[str, Any] = {"query": "capital of France", "documents": docs}
+                if instruction:
+                    body["instruction"] = instruction
+                r = httpx.post(server.url + path, json=body, timeout=120)
+                assert r.status_code == 200, r.text
+                scored = r.json()["meta"]["tokens"]["input_tokens"]
+                opts = EncodeOptions(instruction=instruction, max_chunks=chunks)
+                bound = token_bound(card["format"], card["max_length"], body["query"], docs, opts)
+                assert scored <= bound, (path, instruction, scored, bound)
