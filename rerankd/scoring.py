@@ -16,6 +16,7 @@ from rerankd.cache import (
     Coalescer,
     PairScore,
     WriteBehind,
+    decode_all,
     decode_values,
     encode_value,
     pair_keys,
@@ -108,7 +109,17 @@ class PairScorer:
             r = await engine.score(query, documents, opts, deadline=deadline)
             return Scored(r.scores, r.n_tokens, r.n_chunks)
         keys = pair_keys(context, query, documents)
-        found: list[PairScore | None] = await self._read(keys) if policy.read else [None] * len(keys)
+        found: list[PairScore | None]
+        if policy.read:
+            raws = await self.store.get_many(keys)
+            full = decode_all(raws)
+            if full is not None:  # every pair cached: no per-pair merge
+                scores, tokens, chunks = full
+                self._counts["hits"] += len(keys)
+                return Scored(scores, tokens, chunks, len(keys), tokens)
+            found = self._decode(raws)
+        else:
+            found = [None] * len(keys)
         # Each distinct missing pair once, by the index of its first occurrence.
         missing: dict[bytes, int] = {}
         for i, pair in enumerate(found):
@@ -119,15 +130,14 @@ class PairScorer:
             fresh = await self._score_missing(engine, query, documents, opts, missing, policy, deadline)
         return _merge(keys, found, fresh)
 
-    async def _read(self, keys: list[bytes]) -> list[PairScore | None]:
+    def _decode(self, raws: list[bytes | None]) -> list[PairScore | None]:
         """One cached pair or ``None`` per key, in order; undecodable values count as misses."""
-        assert self.store is not None
-        found, corrupt = decode_values(await self.store.get_many(keys))
+        found, corrupt = decode_values(raws)
         if corrupt:
             self._corrupt(corrupt)
         hits = len(found) - found.count(None)
         self._counts["hits"] += hits
-        self._counts["misses"] += len(keys) - hits
+        self._counts["misses"] += len(raws) - hits
         return found
 
     def _corrupt(self, n: int) -> None:

@@ -158,13 +158,36 @@ class Gate:
             )
             raise RateLimited(f"key {record.name!r} is over its rate limit ({limits})", retry_after=wait)
 
-    async def charge(self, record: KeyRecord, *, tokens: int, search_units: int) -> None:
+    async def reserve(self, record: KeyRecord, tokens: int) -> int:
+        """Hold a request's estimated tokens on the key's token bucket; the tokens held (0 when the
+        key has no token limit or the limiter is down), or :class:`RateLimited`."""
+        if not record.tpm:
+            return 0
         try:
-            await self.limiter.charge(record, tokens=tokens, search_units=search_units)
+            wait = await self.limiter.reserve(record, tokens)
+        except KeyStoreUnavailable as exc:
+            self._limiter_failed(exc)
+            return 0  # fail open, as admit does
+        self._limiter_ok()
+        if wait > 0:
+            raise RateLimited(
+                f"key {record.name!r} is over its rate limit ({record.tpm} tokens per minute): "
+                f"this request may need up to {tokens} tokens",
+                retry_after=wait,
+            )
+        return tokens
+
+    async def settle(self, record: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+        """What a request scored replaces what was reserved for it."""
+        try:
+            await self.limiter.settle(record, reserved=reserved, tokens=tokens, search_units=search_units)
         except KeyStoreUnavailable as exc:
             self._limiter_failed(exc)
         else:
             self._limiter_ok()
+
+    async def charge(self, record: KeyRecord, *, tokens: int, search_units: int) -> None:
+        await self.settle(record, reserved=0, tokens=tokens, search_units=search_units)
 
     def _limiter_failed(self, exc: KeyStoreUnavailable) -> None:
         if not self._limiter_down:

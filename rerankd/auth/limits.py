@@ -1,19 +1,21 @@
 """Per-key rate limits and usage counters: in Redis (shared by replicas) or in this process.
 
 Each limit is a token bucket that holds one minute's allowance and refills continuously: ``rpm``
-requests, ``tpm`` scored input tokens. The number of tokens a request scores is known only after
-scoring, so the two limits work differently:
+requests, ``tpm`` scored input tokens.
 
 - requests: :meth:`Limiter.admit` takes one request from the bucket, or refuses with the wait until
-  one is there;
-- tokens: ``admit`` only checks that the bucket is not empty, then :meth:`Limiter.charge` takes the
-  tokens actually scored. The bucket may go below zero (one large request); later requests wait until
-  it has refilled past zero. Over any minute a key thus scores at most ``tpm`` plus one request's tokens.
+  one is there (it also refuses while the token bucket is empty);
+- tokens: a scoring request's tokens are known only after scoring, so :meth:`Limiter.reserve` takes
+  a safe upper estimate from the token bucket before scoring, or refuses with the wait until it
+  fits; :meth:`Limiter.settle` then gives back what the request did not use. A reservation larger
+  than the whole bucket is let through only when the bucket is full, so a request bigger than
+  ``tpm`` still runs, alone. Reservations never overlap beyond the bucket: however many requests
+  run at once, a key scores at most ``tpm`` plus one request's tokens, plus what refills meanwhile.
 
-In Redis, admit and charge are Lua scripts: each runs atomically on the server and reads Redis' own
-clock, so replicas share one bucket per key and their clocks do not matter. Litestar's rate-limit
-middleware counts requests per client in fixed windows, with one limit for all; it has no per-key
-limits and nothing for a cost known only after the response, hence the scripts.
+In Redis, admit, reserve and settle are Lua scripts: each runs atomically on the server and reads
+Redis' own clock, so replicas share one bucket per key and their clocks do not matter. Litestar's
+rate-limit middleware counts requests per client in fixed windows, with one limit for all; it has
+no per-key limits and nothing for a cost known only after the response, hence the scripts.
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ class Limiter(ABC):
         """0.0 when the request may go ahead (and is counted); else seconds to wait before a retry."""
 
     @abstractmethod
+    async def reserve(self, key: KeyRecord, tokens: int) -> float:
+        """Hold ``tokens`` on the key's token bucket: 0.0 when they fit (or the bucket is full);
+        else the seconds until they would, and the request counts as refused, not let through."""
+
+    @abstractmethod
+    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+        """Replace a reservation by what the request scored: the difference goes back to the
+        bucket (or is taken from it), and the scored tokens and units count as usage."""
+
     async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
-        """Record a scored request's tokens against the key's token bucket and usage."""
+        """Record a scored request's tokens, with nothing reserved for them."""
+        await self.settle(key, reserved=0, tokens=tokens, search_units=search_units)
 
     @abstractmethod
     async def usage(self, name: str) -> KeyUsage: ...
@@ -115,9 +127,22 @@ class MemoryLimiter(Limiter):
         usage.last_used = datetime.now(UTC)
         return 0.0
 
-    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+    async def reserve(self, key: KeyRecord, tokens: int) -> float:
+        if not key.tpm:
+            return 0.0
+        bucket = self._bucket(key.name, "tpm", key.tpm, time.monotonic())
+        if bucket.level >= tokens or bucket.level >= key.tpm:  # no await in between: atomic here
+            bucket.level -= tokens
+            return 0.0
+        usage = self._usage.setdefault(key.name, KeyUsage())
+        usage.requests -= 1  # counted when admitted; refused after all
+        usage.rate_limited += 1
+        return (min(tokens, key.tpm) - bucket.level) * 60.0 / key.tpm
+
+    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
         if key.tpm:
-            self._bucket(key.name, "tpm", key.tpm, time.monotonic()).level -= tokens
+            bucket = self._bucket(key.name, "tpm", key.tpm, time.monotonic())
+            bucket.level = min(float(key.tpm), bucket.level + reserved - tokens)
         usage = self._usage.setdefault(key.name, KeyUsage())
         usage.tokens += tokens
         usage.search_units += search_units
@@ -170,14 +195,30 @@ return '0'
 """
 )
 
-# KEYS: tpm bucket, usage. ARGV: tpm (0: no limit), tokens, search units.
-_CHARGE = (
+# KEYS: tpm bucket, usage. ARGV: tpm (> 0), tokens. Returns the wait as a string; "0" when held.
+_RESERVE = (
     _LUA_COMMON
     + """
-local tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tpm > 0 then store(KEYS[1], level(KEYS[1], tpm) - tokens, tpm) end
+local tpm, need = tonumber(ARGV[1]), tonumber(ARGV[2])
+local l = level(KEYS[1], tpm)
+if l >= need or l >= tpm then
+  store(KEYS[1], l - need, tpm)
+  return '0'
+end
+redis.call('HINCRBY', KEYS[2], 'requests', -1)
+redis.call('HINCRBY', KEYS[2], 'rate_limited', 1)
+return tostring((math.min(need, tpm) - l) * 60 / tpm)
+"""
+)
+
+# KEYS: tpm bucket, usage. ARGV: tpm (0: no limit), reserved, tokens, search units.
+_SETTLE = (
+    _LUA_COMMON
+    + """
+local tpm, reserved, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if tpm > 0 then store(KEYS[1], math.min(tpm, level(KEYS[1], tpm) + reserved - tokens), tpm) end
 redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
-redis.call('HINCRBY', KEYS[2], 'search_units', tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[2], 'search_units', tonumber(ARGV[4]))
 return 0
 """
 )
@@ -199,7 +240,8 @@ class RedisLimiter(Limiter):
         self._own = client is None
         self.redis = client or connect_redis(url)
         self._admit = self.redis.register_script(_ADMIT)
-        self._charge = self.redis.register_script(_CHARGE)
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._settle = self.redis.register_script(_SETTLE)
         self._down_until = 0.0
 
     async def _run(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -216,10 +258,18 @@ class RedisLimiter(Limiter):
         wait = await self._run("check limits", lambda: self._admit(keys=list(_keys(key.name)), args=args))
         return float(wait)
 
-    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+    async def reserve(self, key: KeyRecord, tokens: int) -> float:
+        if not key.tpm:
+            return 0.0
         _, tpm, usage = _keys(key.name)
-        args = [key.tpm or 0, tokens, search_units]
-        await self._run("record usage", lambda: self._charge(keys=[tpm, usage], args=args))
+        args = [key.tpm, tokens]
+        wait = await self._run("check limits", lambda: self._reserve(keys=[tpm, usage], args=args))
+        return float(wait)
+
+    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+        _, tpm, usage = _keys(key.name)
+        args = [key.tpm or 0, reserved, tokens, search_units]
+        await self._run("record usage", lambda: self._settle(keys=[tpm, usage], args=args))
 
     async def usage(self, name: str) -> KeyUsage:
         raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_keys(name)[2]))

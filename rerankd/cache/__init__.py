@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from rerankd.cache.base import CacheStore
 from rerankd.cache.coalesce import Coalescer, Superseded
-from rerankd.cache.keys import PairScore, decode_value, decode_values, encode_value, pair_keys
+from rerankd.cache.keys import (
+    PairScore,
+    decode_all,
+    decode_value,
+    decode_values,
+    encode_value,
+    pair_keys,
+)
 from rerankd.cache.memory import MemoryStore
 from rerankd.cache.writer import WriteBehind
 
@@ -17,6 +24,7 @@ __all__ = [
     "Superseded",
     "WriteBehind",
     "build_store",
+    "decode_all",
     "decode_value",
     "decode_values",
     "encode_value",

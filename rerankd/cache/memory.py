@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 
 from rerankd.cache.base import CacheStore
 
@@ -17,6 +18,9 @@ log = logging.getLogger(__name__)
 #: expiry float, two bytes-object headers): about 230 on CPython 3.11, measured with tracemalloc.
 #: The byte bound is an estimate of resident memory, not an exact count.
 ENTRY_OVERHEAD = 230
+
+_VALUE_OF = itemgetter(0)
+_EXPIRY_OF = itemgetter(1)
 
 
 class MemoryStore(CacheStore):
@@ -61,6 +65,12 @@ class MemoryStore(CacheStore):
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         now = self._clock()
         data = self._data
+        entries = list(map(data.get, keys))
+        # Every key present and none expired (a fully cached request): in bulk, no step per key here.
+        if keys and None not in entries and min(map(_EXPIRY_OF, entries)) > now:  # type: ignore[arg-type]
+            deque(map(data.move_to_end, keys), maxlen=0)
+            self._hits += len(entries)
+            return list(map(_VALUE_OF, entries))  # type: ignore[arg-type]
         out: list[bytes | None] = []
         for key in keys:
             entry = data.get(key)

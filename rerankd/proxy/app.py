@@ -17,11 +17,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 from rerankd import __version__
 from rerankd.auth.gate import Gate, build_gate
 from rerankd.config import Settings
-from rerankd.proxy.auth import AuthMiddleware, open_paths
-from rerankd.proxy.errors import exception_handlers
+from rerankd.proxy.auth import open_paths
+from rerankd.proxy.errors import RerankdRequest, exception_handlers
 from rerankd.proxy.metrics import Metrics, metrics_endpoint
-from rerankd.proxy.middleware import RequestIdMiddleware
-from rerankd.proxy.observe import ObserveMiddleware, observe_unmatched
+from rerankd.proxy.middleware import RequestMiddleware
+from rerankd.proxy.observe import observe_unmatched
 from rerankd.proxy.routes import ROUTES
 from rerankd.proxy.tracing import tracing_middleware
 from rerankd.service import RerankService
@@ -77,16 +77,17 @@ def create_app(
         exception_handlers=exception_handlers,
         middleware=[
             *tracing_middleware(settings),
-            RequestIdMiddleware,
-            DefineMiddleware(ObserveMiddleware, metrics=metrics),
             DefineMiddleware(
-                AuthMiddleware,
+                RequestMiddleware,
                 gate=keys,
+                metrics=metrics,
+                service=svc,
                 open_paths=open_paths(metrics_auth=settings.metrics_auth),
-                on_refused=metrics.refused,
             ),
         ],
+        # Requests the router refuses (404, 405) never reach the middleware: counted and logged here.
         before_send=[observe_unmatched(metrics)],
+        request_class=RerankdRequest,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from rerankd.errors import BadRequest, PayloadTooLarge, RerankdError, Unauthorized
+from rerankd.proxy.context import CONTEXT_KEY, RequestContext, context_of, request_id_from
 
-__all__ = ["ErrorBody", "error_response", "error_responses", "exception_handlers"]
+__all__ = [
+    "ErrorBody",
+    "RerankdRequest",
+    "error_response",
+    "error_responses",
+    "exception_handlers",
+    "request_id_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +35,26 @@ class ErrorBody(msgspec.Struct):
 
 
 def request_id_of(request: Request[Any, Any, Any]) -> str:
-    return str(request.scope.get("state", {}).get("request_id", "-"))
+    ctx = context_of(request.scope)
+    return ctx.request_id if ctx is not None else "-"
 
 
-def error_response(request: Request[Any, Any, Any], exc: RerankdError) -> Response[ErrorBody]:
-    headers = {}
-    state = request.scope.setdefault("state", {})
-    if "request_id" not in state:
-        # Router errors (404, 405) happen before any middleware runs: give them an id here.
-        state["request_id"] = uuid.uuid4().hex
-        headers["X-Request-ID"] = state["request_id"]
+def error_response(
+    request: Request[Any, Any, Any], exc: RerankdError, extra_headers: Mapping[str, str] | None = None
+) -> Response[ErrorBody]:
+    headers = dict(extra_headers or {})
+    ctx = context_of(request.scope)
+    if ctx is None:
+        # Router errors (404, 405) happen before the request middleware runs: the id is set here.
+        ctx = RequestContext(request_id_from(request.scope["headers"]), routed=False)
+        request.scope[CONTEXT_KEY] = ctx  # type: ignore[literal-required]
+        headers["X-Request-ID"] = ctx.request_id
     if exc.retry_after is not None:
         # Rounded up: a client that retries a little early only meets the same refusal again.
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="rerankd"'
-    body = ErrorBody(message=exc.message, detail=exc.detail, id=request_id_of(request))
+    body = ErrorBody(message=exc.message, detail=exc.detail, id=ctx.request_id)
     return Response(body, status_code=exc.status_code, headers=headers)
 
 
@@ -60,16 +72,29 @@ def _validation_detail(exc: ValidationException) -> str:
 
 
 def _from_litestar(exc: HTTPException) -> RerankdError:
-    if isinstance(exc, ValidationException) or exc.status_code == 400:
-        detail = _validation_detail(exc) if isinstance(exc, ValidationException) else str(exc.detail)
-        if ":" not in detail and "Expected" not in detail:  # a decode error, not a field's
-            detail = f"malformed JSON body: {detail}"
-        return BadRequest(detail)
+    if isinstance(exc, ValidationException):
+        return BadRequest(_validation_detail(exc))
+    # Litestar turns a body it cannot decode into a 400 raised from a SerializationException.
+    if isinstance(exc.__cause__, SerializationException):
+        return BadRequest(f"malformed JSON body: {exc.detail}")
+    if exc.status_code == 400:
+        return BadRequest(str(exc.detail))
     if exc.status_code == 413:
         return PayloadTooLarge()
     mapped = RerankdError(str(exc.detail))
     mapped.status_code = exc.status_code
     return mapped
+
+
+class RerankdRequest(Request[Any, Any, Any]):
+    """Litestar's request, with a body nested too deeply to decode counted as malformed (400)
+    instead of a ``RecursionError`` (500)."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError as exc:
+            raise SerializationException("nested too deeply") from exc
 
 
 def _handle_rerankd(request: Request[Any, Any, Any], exc: RerankdError) -> Response[ErrorBody]:
@@ -79,7 +104,8 @@ def _handle_rerankd(request: Request[Any, Any, Any], exc: RerankdError) -> Respo
 
 
 def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    return error_response(request, _from_litestar(exc))
+    # Litestar's own headers stay: 405 says which methods the route allows (``Allow``).
+    return error_response(request, _from_litestar(exc), exc.headers)
 
 
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -9,10 +10,13 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.openapi.spec import SecurityRequirement
 
-from rerankd.proxy.auth import note_usage
+from rerankd.auth.gate import Gate
+from rerankd.auth.keys import KeyRecord
+from rerankd.errors import RateLimited
+from rerankd.estimate import token_bound
+from rerankd.proxy.context import RequestContext, context_of, header
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
-from rerankd.proxy.observe import note_outcome, note_query
 from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
@@ -35,18 +39,17 @@ CACHE_HEADERS = [
 
 def cache_policy(request: AnyRequest) -> CachePolicy:
     """``Cache-Control: no-cache`` skips the cache read, ``no-store`` the write."""
-    value = request.headers.get("cache-control")
+    value = header(request.scope["headers"], b"cache-control")
     if not value:
         return READ_WRITE
-    directives = {d.strip().lower() for d in value.split(",")}
+    directives = {d.strip().lower() for d in value.decode("latin-1").split(",")}
     return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
 
 
-def tenant_of(request: AnyRequest) -> str:
+def tenant_of(request: AnyRequest, ctx: RequestContext) -> str:
     """Who the engine's time is shared between: the API key's name, else the client's address."""
-    key = request.scope.get("state", {}).get("api_key")
-    if key:
-        return f"key:{key}"
+    if ctx.key is not None:
+        return f"key:{ctx.key.name}"
     client = request.scope.get("client")
     return f"addr:{client[0]}" if client else ""
 
@@ -55,16 +58,41 @@ def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str
     return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
 
 
+def _context(request: AnyRequest) -> RequestContext:
+    ctx = context_of(request.scope)
+    assert ctx is not None, "the request middleware runs on every route"
+    return ctx
+
+
 async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
-    note_query(request, service, query)
+    ctx = _context(request)
+    ctx.requested_model = query.model
+    ctx.documents = len(query.documents)
+    if ctx.key is not None and ctx.key.tpm and ctx.gate is not None:
+        await _reserve(ctx, ctx.gate, ctx.key, service, query)
     work = service.rerank(
-        query, request_id=request_id_of(request), cache=cache_policy(request), tenant=tenant_of(request)
+        query, request_id=ctx.request_id, cache=cache_policy(request), tenant=tenant_of(request, ctx)
     )
-    outcome = await until_disconnect(request, work)
-    note_usage(request, outcome)
-    note_outcome(request, outcome)
+    ctx.outcome = outcome = await until_disconnect(request.receive, work)
     return outcome
+
+
+async def _reserve(
+    ctx: RequestContext, gate: Gate, key: KeyRecord, service: RerankService, query: RerankQuery
+) -> None:
+    """Hold the most tokens this request can score on its key's token bucket; the request
+    middleware settles the real count when the response starts."""
+    source = service.sources[service.resolve(query.model)]
+    opts = query.options
+    if not opts.instruction and source.config.instruction:
+        opts = dataclasses.replace(opts, instruction=source.config.instruction)
+    bound = token_bound(source.format, source.max_length, query.query, query.documents, opts)
+    try:
+        ctx.reserved_tokens = await gate.reserve(key, bound)
+    except RateLimited as exc:
+        ctx.refusal = exc  # logged and counted by the middleware, as its own refusals
+        raise
 
 
 def _scoring(path: str, summary: str) -> post:
@@ -84,7 +112,8 @@ async def rerank_v1(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V1.to_query(data))
-    return Response(V1.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = V1.cohere(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 @_scoring("/v2/rerank", "Rerank (Cohere v2)")
@@ -92,7 +121,8 @@ async def rerank_v2(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[CohereResponse]:
     outcome = await _rerank(request, service, V2.to_query(data))
-    return Response(V2.cohere(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = V2.cohere(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 @_scoring("/rerank", "Rerank (Jina / vLLM style)")
@@ -100,7 +130,8 @@ async def rerank_jina(
     data: RerankRequest, service: RerankService, request: AnyRequest
 ) -> Response[JinaResponse]:
     outcome = await _rerank(request, service, JINA.to_query(data))
-    return Response(JINA.jina(data, outcome, request_id_of(request)), headers=_cache_headers(data, outcome))
+    body = JINA.jina(data, outcome, _context(request).request_id)
+    return Response(body, headers=_cache_headers(data, outcome))
 
 
 class ModelCard(msgspec.Struct):

@@ -7,7 +7,9 @@ differ only in defaults and in the response shape.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from itertools import repeat
+from operator import attrgetter
+from typing import Annotated, Any, cast
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 Document = str | dict[str, Any]
+
+_INDEX = attrgetter("index")
+_SCORE = attrgetter("score")
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):
@@ -123,7 +128,12 @@ class Dialect:
     api_version: str = ""
 
     def to_query(self, req: RerankRequest) -> RerankQuery:
-        texts = [document_text(d, req.rank_fields, i) for i, d in enumerate(req.documents)]
+        docs = req.documents
+        texts: list[str]
+        if all(map(isinstance, docs, repeat(str))):  # plain strings, the common case: used as they are
+            texts = cast(list[str], docs)
+        else:
+            texts = [document_text(d, req.rank_fields, i) for i, d in enumerate(docs)]
         opts = EncodeOptions(
             instruction=req.instruction,
             max_tokens_per_doc=req.max_tokens_per_doc,
@@ -135,6 +145,9 @@ class Dialect:
 
     def results(self, req: RerankRequest, outcome: RerankOutcome) -> list[Result]:
         show = self.return_documents if req.return_documents is None else req.return_documents
+        ranked = outcome.results
+        if not show:
+            return list(map(Result, map(_INDEX, ranked), map(_SCORE, ranked)))
         out = []
         for r in outcome.results:
             doc = req.documents[r.index]

@@ -120,3 +120,56 @@ async def test_an_unreachable_redis_raises_unavailable_then_backs_off() -> None:
             await limiter.charge(key(), tokens=1, search_units=1)
     finally:
         await limiter.close()
+
+
+# -- token reservations ------------------------------------------------------------------------
+
+
+async def test_a_reservation_holds_tokens_and_settling_gives_back_the_unused_part(limiter: Limiter) -> None:
+    k = key(tpm=100)
+    assert await limiter.admit(k) == 0.0
+    assert await limiter.reserve(k, 60) == 0.0
+    assert await limiter.reserve(k, 50) > 0  # 40 left: 50 do not fit
+    await limiter.settle(k, reserved=60, tokens=20, search_units=1)
+    assert await limiter.reserve(k, 75) == 0.0  # 80 left now
+    wait = await limiter.reserve(k, 10)
+    # 5 left, 10 needed: 5 tokens short at 100 tokens per 60 s.
+    assert 2.9 < wait <= 3.0
+    usage = await limiter.usage("app")
+    assert (usage.tokens, usage.search_units) == (20, 1)
+    # A reservation that does not fit refuses the request: it counts as rate limited, not as let through.
+    assert (usage.requests, usage.rate_limited) == (-1, 2)
+
+
+async def test_a_reservation_larger_than_the_bucket_passes_only_when_it_is_full(limiter: Limiter) -> None:
+    k = key(tpm=100)
+    assert await limiter.reserve(k, 250) == 0.0  # alone, on a full bucket
+    wait = await limiter.reserve(k, 250)
+    # Refused until the bucket is full again: from -150 to 100 at 100 tokens per 60 s.
+    assert 149.0 < wait <= 150.0
+    await limiter.settle(k, reserved=250, tokens=250, search_units=3)
+    assert (await limiter.usage("app")).tokens == 250
+
+
+async def test_concurrent_reservations_never_hold_more_than_the_bucket(limiter: Limiter) -> None:
+    k = key(tpm=100)
+    waits = await asyncio.gather(*(limiter.reserve(k, 30) for _ in range(50)))
+    # 100 tokens hold three reservations of 30; the 10 left (and the little that refills while
+    # these run) do not fit a fourth.
+    assert sum(1 for w in waits if w == 0.0) == 3
+    assert (await limiter.usage("app")).rate_limited == 47
+
+
+async def test_settling_more_than_was_reserved_takes_the_difference(limiter: Limiter) -> None:
+    k = key(tpm=100)
+    assert await limiter.reserve(k, 10) == 0.0
+    await limiter.settle(k, reserved=10, tokens=70, search_units=1)
+    assert await limiter.reserve(k, 31) > 0  # 30 left
+    assert await limiter.reserve(k, 29) == 0.0
+
+
+async def test_keys_without_a_token_limit_reserve_nothing(limiter: Limiter) -> None:
+    k = key(rpm=10)
+    assert await limiter.reserve(k, 10**9) == 0.0
+    await limiter.settle(k, reserved=0, tokens=5, search_units=1)
+    assert (await limiter.usage("app")).tokens == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,3 +214,53 @@ def test_limits(strict_server: RerankdServer) -> None:
     huge = post(strict_server, "/v2/rerank", {"query": QUERY, "documents": ["x" * 5000]})
     assert_error(huge, 413)
     assert post(strict_server, "/v2/rerank", {"query": QUERY, "documents": ["d"] * 5}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 1000 + b"]" * 1000,  # nested too deeply for the decoder: 2 KB of brackets
+        b'{"query": "q", "documents": ["d"], "x": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"query": "q", "documents": [{"text": "d", "n": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1001 + b"]}",
+        b"",
+        b"null",
+        b"not json at all",
+        b'{"query": "q", "documents": ["\xff\xfe"]}',  # not UTF-8
+        b'{"query": "q", "documents": ["d"]} trailing',
+    ],
+    ids=["deep", "deep-unknown-field", "deep-document", "empty", "null", "text", "not-utf8", "trailing"],
+)
+def test_every_malformed_body_is_400_without_a_traceback(minilm_server: RerankdServer, raw: bytes) -> None:
+    r = httpx.post(
+        minilm_server.url + "/v2/rerank",
+        content=raw,
+        headers={"content-type": "application/json", "X-Request-ID": "malformed-body-1"},
+        timeout=60,
+    )
+    body = assert_error(r, 400, "invalid request")
+    assert body["id"] == "malformed-body-1"
+    assert "Traceback" not in minilm_server.log()
+    assert "unhandled error" not in minilm_server.log()
+
+
+def test_nesting_below_the_decoders_limit_is_accepted(minilm_server: RerankdServer) -> None:
+    deep = {"query": QUERY, "documents": DOCS, "x": json.loads("[" * 500 + "]" * 500)}
+    assert post(minilm_server, "/v2/rerank", deep).status_code == 200
+
+
+def test_router_refusals_echo_the_request_id_and_405_says_allow(minilm_server: RerankdServer) -> None:
+    wrong_method = httpx.get(minilm_server.url + "/v2/rerank", headers={"X-Request-ID": "router-405"})
+    body = assert_error(wrong_method, 405)
+    assert body["id"] == "router-405"
+    allowed = {m.strip() for m in wrong_method.headers["allow"].split(",")}
+    assert "POST" in allowed
+    assert "GET" not in allowed
+    missing = httpx.post(minilm_server.url + "/v9/nothing", json={}, headers={"X-Request-ID": "router-404"})
+    assert assert_error(missing, 404)["id"] == "router-404"
+    # An id of an unsafe shape is replaced, on router refusals as on any answer.
+    unsafe = httpx.get(minilm_server.url + "/nope", headers={"X-Request-ID": "bad id with spaces"})
+    assert assert_error(unsafe, 404)["id"] != "bad id with spaces"
+    assert (
+        httpx.get(minilm_server.url + "/health", headers={"X-Request-ID": "probe-1"}).headers["x-request-id"]
+        == "probe-1"
+    )
