@@ -202,7 +202,7 @@ def serve_settings(argv: Sequence[str]) -> Settings:
 
 def _bench(argv: Sequence[str]) -> int:
     try:
-        from bench.loadgen import main as bench_main
+        from rerankd.bench.loadgen import main as bench_main
     except ImportError as exc:  # httpx comes with the bench extra, not with the server
         print(
             f"rerankd: the load generator needs the bench extra (pip install 'rerankd[bench]'): {exc}",
