@@ -1,3 +1,3 @@
-from bench.loadgen import main
+from rerankd.bench.loadgen import main
 
 raise SystemExit(main())

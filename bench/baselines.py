@@ -38,7 +38,9 @@ from rerankd.adapters.loader import ModelSource, embedded_model, resolve_model
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
 from rerankd.errors import BadRequest, RerankdError
-from rerankd.proxy.schemas import JINA, V1, V2, Dialect, RerankRequest
+from rerankd.proxy.dialects import Dialect, Reply
+from rerankd.proxy.dialects.cohere import COHERE_V1, COHERE_V2
+from rerankd.proxy.dialects.rerank import RERANK
 from rerankd.service import Ranked, RerankOutcome, RerankQuery, search_units
 
 __all__ = ["BaselineApp", "main", "model_source"]
@@ -52,7 +54,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Forward = Callable[[list[list[int]], list[list[int]] | None], Sequence[Any]]
 
-_DIALECTS: dict[str, Dialect] = {"/v1/rerank": V1, "/v2/rerank": V2, "/rerank": JINA}
+_DIALECTS: dict[str, Dialect[Any]] = {"/v1/rerank": COHERE_V1, "/v2/rerank": COHERE_V2, "/rerank": RERANK}
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -144,8 +146,8 @@ class BaselineApp:
             return
         body = await _read_body(receive)
         try:
-            req = msgspec.json.decode(body, type=RerankRequest)
-            query = dialect.to_query(req)
+            req = msgspec.json.decode(body, type=dialect.request_type)
+            (query,) = dialect.queries(req)
             if not query.query.strip() or not query.documents:
                 raise BadRequest("query and documents must not be empty")
             if self.pool is None:
@@ -158,16 +160,13 @@ class BaselineApp:
         except RerankdError as exc:
             await _respond(send, exc.status_code, _error(exc.message, exc.detail, request_id))
             return
-        response: Any = (
-            dialect.jina(req, outcome, request_id)
-            if dialect is JINA
-            else dialect.cohere(req, outcome, request_id)
-        )
+        response = dialect.respond(req, [outcome], Reply(request_id))
         await _respond(send, 200, msgspec.json.encode(response))
 
 
 def _card_forward(engine: TorchEngine) -> Forward:
-    """The model card's computation: left-padded batch, full logits, softmax over (no, yes)."""
+    """The model card's computation: left-padded batch, full logits, the (no, yes) pair; softmax over
+    the pair is the sigmoid of its difference, which the format applies."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -189,7 +188,7 @@ def _card_forward(engine: TorchEngine) -> Forward:
                 input_ids=input_ids.to(engine.device), attention_mask=mask.to(engine.device)
             ).logits
             pair = logits[:, -1, [fmt.no_id, fmt.yes_id]].float()
-            return [float(x) for x in torch.softmax(pair, -1)[:, 1].cpu()]
+            return [float(x) for x in (pair[:, 1] - pair[:, 0]).cpu()]
 
     return forward
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import (
+from bench.servers import ModelChoice, baseline_command, exit_on_sigterm, rerankd_command, spawn, split_args
+from rerankd.bench.loadgen import (
     SCHEMA,
     add_workload_args,
     format_table,
@@ -28,7 +29,6 @@ from bench.loadgen import (
     run_params,
     workload_from_args,
 )
-from bench.servers import ModelChoice, baseline_command, exit_on_sigterm, rerankd_command, spawn, split_args
 
 __all__ = ["main", "median_ratios", "ratios"]
 
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(ns.json_path).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"bench: wrote {ns.json_path}", file=sys.stderr)
     if ns.plot:
-        from bench.plot import plot_reports
+        from rerankd.bench.plot import plot_reports
 
         plot_reports(reports, Path(ns.plot), title="naive vs executor vs rerankd")
     return 0

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from bench.make_qwen3_shaped import QWEN3_06B, corpus
-from bench.workload import WORDS
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import resolve_model
 from rerankd.adapters.torch_engine import TorchEngine
+from rerankd.bench.workload import WORDS
 from rerankd.config import ModelConfig
 from tests.fixtures.tiny_qwen3 import build
 

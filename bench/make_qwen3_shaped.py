@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench.workload import WORDS
+from rerankd.bench.workload import WORDS
 from tests.fixtures.tiny_qwen3 import CORPUS, Shape, build
 
 __all__ = ["QWEN3_06B", "corpus", "main"]

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.loadgen import (
+from bench.servers import ModelChoice, exit_on_sigterm, rerankd_command, spawn, split_args
+from rerankd.bench.loadgen import (
     SCHEMA,
     LevelResult,
     RequestFailed,
@@ -39,8 +40,7 @@ from bench.loadgen import (
     run_params,
     workload_from_args,
 )
-from bench.servers import ModelChoice, exit_on_sigterm, rerankd_command, spawn, split_args
-from bench.workload import Workload
+from rerankd.bench.workload import Workload
 
 __all__ = ["cpu_split", "in_process_sweep", "main", "summarize", "thread_cpu"]
 

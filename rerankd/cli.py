@@ -70,7 +70,20 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--metrics-auth", dest="metrics_auth", action="store_true", default=None, help="guard /metrics too"
     )
+    p.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="a static API key (repeatable; prefer env RERANKD_API_KEY, comma-separated for several)",
+    )
     p.add_argument("--max-query-chars", type=int, dest="max_query_chars")
+    p.add_argument(
+        "--strict",
+        action=argparse.BooleanOptionalAction,
+        dest="strict",
+        help="refuse unknown request fields with 422 (default: ignore them with a warning)",
+    )
     # observability and lifecycle (docs/observability.md)
     p.add_argument(
         "--log-format",
@@ -127,6 +140,8 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
         flags["aliases"] = {a: m for a, _, m in pairs}
     if "upstreams" in flags:
         flags["upstreams"] = [u for item in flags["upstreams"] for u in split_csv(item)]
+    if "api_keys" in flags:
+        flags["api_keys"] = [k for item in flags["api_keys"] for k in split_csv(item)]
     return flags
 
 
@@ -187,7 +202,7 @@ def serve_settings(argv: Sequence[str]) -> Settings:
 
 def _bench(argv: Sequence[str]) -> int:
     try:
-        from bench.loadgen import main as bench_main
+        from rerankd.bench.loadgen import main as bench_main
     except ImportError as exc:  # httpx comes with the bench extra, not with the server
         print(
             f"rerankd: the load generator needs the bench extra (pip install 'rerankd[bench]'): {exc}",

@@ -98,7 +98,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     keys_file: str | None = None
     #: Whether /metrics needs a key like the scoring routes.
     metrics_auth: bool = False
+    #: Static API keys (``--api-key``, ``RERANKD_API_KEY[S]``), kept only as digests once the server
+    #: starts; an alternative to a keys file or Redis for one or a few keys.
+    api_keys: tuple[
+        Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9\-._~+/]+=*$")], ...
+    ] = ()
     max_query_chars: PositiveInt = 32_768
+    #: Unknown request fields are refused with 422 instead of ignored with a warning.
+    strict: bool = False
     # -- observability and lifecycle (docs/observability.md) --
     #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -139,6 +146,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         for alias, target in self.aliases.items():
             if self.models and target not in names:
                 raise ValueError(f"alias {alias!r} points to {target!r}, which is not a served model")
+        if self.api_keys and self.keys_file:
+            raise ValueError("give static keys (api_keys) or a keys file (keys_file), not both")
         if self.engine == "remote" and not (self.upstreams and self.models):
             raise ValueError(
                 "engine remote needs upstreams (--upstream URL) and models (--model NAME=UPSTREAM_MODEL)"
@@ -148,9 +157,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 # Keys whose env/flag form is a comma-separated list or NAME=VALUE map.
 _LIST_KEYS = {"models"}
 _MAP_KEYS = {"aliases"}
-_CSV_KEYS = {"upstreams"}
+_CSV_KEYS = {"upstreams", "api_keys"}
 # Singular env names that read naturally for one value.
-_ENV_SINGULAR = {"model": "models", "upstream": "upstreams"}
+_ENV_SINGULAR = {"model": "models", "upstream": "upstreams", "api_key": "api_keys"}
 
 
 def parse_model_spec(spec: str) -> dict[str, str]:

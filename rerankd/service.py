@@ -210,6 +210,9 @@ class RerankService:
             instruction,
             opts.max_tokens_per_doc,
             opts.max_chunks,
+            # Raw and activated scores of a pair differ, as do its two truncations.
+            "raw" if opts.raw else "activated",
+            opts.truncation_side,
         )
 
     async def rerank(

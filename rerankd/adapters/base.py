@@ -100,7 +100,7 @@ class LocalEngine(Engine):
             if owner >= 0:
                 tokens[owner] += len(ids)
                 chunks[owner] += 1
-        scores = self.format.combine(encoded, outputs)
+        scores = self.format.combine(encoded, outputs, raw=opts.raw)
         return ScoreResult(scores, encoded.n_tokens, encoded.n_chunks, tokens, chunks)
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "LLMYesNoFormat",
     "ModelFormat",
     "make_format",
+    "sigmoid",
     "windows",
 ]
 
@@ -44,6 +45,10 @@ class EncodeOptions:
     max_tokens_per_doc: int | None = None
     #: Windows per document when it exceeds the model's context; 1 means plain truncation.
     max_chunks: int = 1
+    #: Scores as the model outputs them (a logit, a cosine), without the format's activation.
+    raw: bool = False
+    #: Which end of a document truncation cuts: "right" keeps its start, "left" its end.
+    truncation_side: Literal["right", "left"] = "right"
 
 
 @dataclass(slots=True)
@@ -106,14 +111,32 @@ class ModelFormat(ABC):
     @abstractmethod
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded: ...
 
-    def combine(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
-        """Per-sequence scores to per-document scores: the best chunk wins."""
+    def combine(self, encoded: Encoded, outputs: Sequence[Any], *, raw: bool = False) -> list[float]:
+        """Per-sequence raw outputs to per-document scores: the best chunk wins (the activation
+        is monotonic, so before or after it the same chunk wins), then the activation unless
+        ``raw``."""
         scores = [-math.inf] * encoded.n_documents
         for owner, out in zip(encoded.owner, outputs, strict=True):
             if owner < 0:  # the query's own row (bi-encoders), not a document
                 continue
             scores[owner] = max(scores[owner], float(out))
-        return scores
+        return scores if raw else [self.activate(s) for s in scores]
+
+    def activate(self, raw: float) -> float:
+        """The model's raw output (a logit) as a 0..1 relevance score."""
+        return sigmoid(raw)
+
+    @abstractmethod
+    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
+        """The query's tokens as this format counts them, and the most that fit without cutting it."""
+
+    def _keep_last(self, documents: Sequence[str], room: int) -> list[str]:
+        """Left truncation: keep the last ``room`` tokens of each text, cut at a character offset."""
+        enc = self.tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
+        out = []
+        for text, offsets in zip(documents, enc["offset_mapping"], strict=True):
+            out.append(text[offsets[-room][0] :] if room > 0 and len(offsets) > room else text)
+        return out
 
     def bound_texts(self, documents: Sequence[str], opts: EncodeOptions) -> list[str]:
         """Cut each document to a prefix that still holds every token the model can be fed.
@@ -186,12 +209,19 @@ class LLMYesNoFormat(ModelFormat):
             # follow the assistant tag or the yes/no logits are meaningless.
             if len(head) >= room:
                 bodies = [head[:room]]
+            elif opts.truncation_side == "left" and opts.max_chunks <= 1:
+                bodies = [head + doc[len(head) - room :]]  # the document's last tokens
             else:
                 bodies = [head + w for w in windows(doc, room - len(head), opts.max_chunks)]
             for body in bodies:
                 ids.append(self.prefix_ids + body + self.suffix_ids)
                 owner.append(i)
         return Encoded(ids=ids, owner=owner, n_documents=len(documents))
+
+    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
+        head = self._ids(self.template.render_head(query, opts.instruction))
+        # The body must keep at least one document token after the head.
+        return len(head), self.max_length - len(self.prefix_ids) - len(self.suffix_ids) - 1
 
 
 class CrossEncoderFormat(ModelFormat):
@@ -205,10 +235,17 @@ class CrossEncoderFormat(ModelFormat):
         half = self.max_length // 2
         return query if len(ids) <= half else str(self.tokenizer.decode(ids[:half]))
 
+    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
+        return len(self.tokenizer(query, add_special_tokens=False)["input_ids"]), self.max_length // 2
+
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
         query = self._short_query(query)
         docs = self._cap_texts(documents, opts.max_tokens_per_doc)
         chunked = opts.max_chunks > 1
+        if opts.truncation_side == "left" and not chunked:
+            n_query = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+            room = self.max_length - n_query - self.tokenizer.num_special_tokens_to_add(pair=True)
+            docs = self._keep_last(docs, room)
         enc = self.tokenizer(
             [query] * len(docs),
             docs,
@@ -225,9 +262,16 @@ class BiEncoderFormat(ModelFormat):
 
     kind = "bi-encoder"
 
+    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
+        return len(self.tokenizer(query)["input_ids"]), self.max_length
+
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
         docs = self._cap_texts(documents, opts.max_tokens_per_doc)
         chunked = opts.max_chunks > 1
+        if opts.truncation_side == "left" and not chunked:
+            docs = self._keep_last(
+                docs, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
+            )
         enc = self.tokenizer(
             docs,
             truncation=True,
@@ -244,11 +288,22 @@ class BiEncoderFormat(ModelFormat):
         out.n_tokens += len(q["input_ids"])
         return out
 
-    def combine(self, encoded: Encoded, outputs: Sequence[Any]) -> list[float]:
+    def combine(self, encoded: Encoded, outputs: Sequence[Any], *, raw: bool = False) -> list[float]:
         # Outputs are L2-normalised embedding rows; the query's is the one owned by -1.
         query = outputs[encoded.owner.index(-1)]
-        sims = [(float((query * out).sum()) + 1.0) / 2.0 for out in outputs]
-        return super().combine(encoded, sims)
+        cosines = [float((query * out).sum()) for out in outputs]
+        return super().combine(encoded, cosines, raw=raw)
+
+    def activate(self, raw: float) -> float:
+        return (raw + 1.0) / 2.0
+
+
+def sigmoid(x: float) -> float:
+    """Without overflow for large logits of either sign."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
 
 
 def _limit_chunks(enc: Any, n_docs: int, max_chunks: int, chunked: bool) -> Encoded:

@@ -119,6 +119,11 @@ UPSTREAM_APIS = {
 }
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
 class _Retry(Exception):
     """This upstream failed in a way another one may not."""
 
@@ -188,6 +193,10 @@ class RemoteEngine(Engine):
                 self._counts["failed_attempts"] += 1
                 log.warning("upstream %s failed (%s)", upstream, exc)
                 continue
+            if opts.raw:
+                # Upstreams answer activated scores: their logit is the raw value (exact for a
+                # sigmoid head; a bi-encoder's cosine cannot be recovered this way).
+                scores = [_logit(s) for s in scores]
             return ScoreResult(scores, tokens, len(documents))
         now = time.monotonic()
         wait = min(until - now for until in self._down_until.values())

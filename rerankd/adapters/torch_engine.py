@@ -177,7 +177,8 @@ def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
 
 
 def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
-    """P(yes) from the last hidden state and two rows of the output matrix, never the full vocabulary."""
+    """logit(yes) - logit(no) from the last hidden state and two rows of the output matrix, never the
+    full vocabulary; the format's sigmoid makes it P(yes)."""
     from transformers import AutoModelForCausalLM
 
     model = _load_model(engine, AutoModelForCausalLM, src)
@@ -193,7 +194,8 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
         hidden = decoder(input_ids=input_ids).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
         logits = last.float() @ rows.T
-        return torch.sigmoid(logits[:, 0] - logits[:, 1])
+        diff: torch.Tensor = logits[:, 0] - logits[:, 1]
+        return diff
 
     return head
 
@@ -210,7 +212,9 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"token_type_ids": types} if types is not None else {}
         logits = model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
-        return torch.sigmoid(logits[:, 0]) if n_labels == 1 else torch.softmax(logits, -1)[:, 1]
+        # Raw logits; the format's sigmoid gives softmax[1] for two labels: sigmoid(l1 - l0).
+        raw: torch.Tensor = logits[:, 0] if n_labels == 1 else logits[:, 1] - logits[:, 0]
+        return raw
 
     return head
 

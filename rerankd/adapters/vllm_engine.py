@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -67,19 +66,12 @@ class VLLMOptions:
         )
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
 class PoolingPlan:
     """How one model runs on vLLM's pooling runner, and how its outputs become rerankd's scores.
 
-    Classification heads are asked for raw logits and squashed here exactly as the torch engine
-    does (one label: sigmoid; two: softmax's second), whatever activation the model's own config
-    names, so both engines give the same score for the same model.
+    Classification heads are asked for raw logits, whatever activation the model's own config
+    names, and reduced as the torch engine's heads do (one label: the logit; two: l1 - l0); the
+    format applies the activation, so both engines give the same score for the same model.
     """
 
     def __init__(self, source: ModelSource, fmt: ModelFormat, options: VLLMOptions) -> None:
@@ -124,10 +116,11 @@ class PoolingPlan:
         if self.task == "embed":
             return data.float()
         logits = data.float().tolist()
+        # Raw, as the torch engine's heads: the format applies the activation.
         if len(logits) == 1:
-            return _sigmoid(logits[0])
+            return logits[0]
         if len(logits) == 2:
-            return _sigmoid(logits[1] - logits[0])
+            return logits[1] - logits[0]
         raise ConfigError(f"the model has {len(logits)} labels; a reranker needs 1 or 2")
 
 

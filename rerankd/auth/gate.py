@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from rerankd.auth.keys import KeyRecord, digest_of
 from rerankd.auth.limits import Limiter, MemoryLimiter, RedisLimiter
-from rerankd.auth.store import FileKeyStore, KeyStore, RedisKeyStore, connect_redis
+from rerankd.auth.store import FileKeyStore, KeyStore, RedisKeyStore, StaticKeyStore, connect_redis
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, KeyStoreUnavailable, RateLimited, Unauthorized
 
@@ -203,7 +203,9 @@ class Gate:
 
 
 def open_store(settings: Settings) -> KeyStore | None:
-    """The keys file when set, else Redis when set, else none."""
+    """Static keys when given, else the keys file when set, else Redis when set, else none."""
+    if settings.api_keys:
+        return StaticKeyStore(settings.api_keys)
     if settings.keys_file:
         return FileKeyStore(settings.keys_file)
     if settings.redis_url:
@@ -219,7 +221,9 @@ def build_gate(settings: Settings) -> Gate:
         # One connection pool for keys, limits and usage.
         client = connect_redis(settings.redis_url)
         store = (
-            FileKeyStore(settings.keys_file)
+            StaticKeyStore(settings.api_keys)
+            if settings.api_keys
+            else FileKeyStore(settings.keys_file)
             if settings.keys_file
             else RedisKeyStore(settings.redis_url, client=client)
         )
@@ -230,7 +234,7 @@ def build_gate(settings: Settings) -> Gate:
             limiter=RedisLimiter(settings.redis_url, client=client),
             on_close=client.aclose,
         )
-    store = FileKeyStore(settings.keys_file) if settings.keys_file else None
+    store = open_store(settings)
     return Gate(mode=settings.auth, loopback=is_loopback(settings.host), store=store)
 
 

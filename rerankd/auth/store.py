@@ -13,7 +13,7 @@ import os
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,10 +23,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from rerankd.auth.keys import KeyRecord
+from rerankd.auth.keys import KeyRecord, digest_of
 from rerankd.errors import KeyExists, KeyNotFound, KeyStoreUnavailable
 
-__all__ = ["REDIS_PREFIX", "FileKeyStore", "KeyStore", "RedisKeyStore", "connect_redis"]
+__all__ = ["REDIS_PREFIX", "FileKeyStore", "KeyStore", "RedisKeyStore", "StaticKeyStore", "connect_redis"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,38 @@ def _revoked(record: KeyRecord | None, name: str, when: datetime | None) -> KeyR
     if record.revoked is not None:
         return record
     return msgspec.structs.replace(record, revoked=when or datetime.now(UTC))
+
+
+# -- static keys ---------------------------------------------------------------------------------
+
+
+class StaticKeyStore(KeyStore):
+    """Keys given on the command line or in the environment (``--api-key``), held as digests only.
+
+    Read-only: the keys are the server's settings, changed by restarting it.
+    """
+
+    description = "static keys (--api-key)"
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        created = datetime.now(UTC)
+        digests = dict.fromkeys(digest_of(k) for k in keys)  # one record per distinct key
+        # Named by position and a short digest prefix: logs can tell keys apart, never show one.
+        self._records = [
+            KeyRecord(name=f"static-{i}-{d[:8]}", digest=d, created=created) for i, d in enumerate(digests, 1)
+        ]
+
+    async def version(self) -> Hashable:
+        return len(self._records)
+
+    async def records(self) -> list[KeyRecord]:
+        return list(self._records)
+
+    async def create(self, record: KeyRecord) -> None:
+        raise KeyStoreUnavailable("static keys are set by --api-key; restart the server to change them")
+
+    async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
+        raise KeyStoreUnavailable("static keys are set by --api-key; restart the server to change them")
 
 
 # -- keys file ---------------------------------------------------------------------------------

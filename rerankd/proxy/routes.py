@@ -1,23 +1,32 @@
-"""Route handlers: decode, call the service, encode. Nothing else happens here."""
+"""Route handlers: decode, call the service, encode. Nothing else happens here.
+
+The scoring routes are built from the dialects (``rerankd/proxy/dialects/``), one route each.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import SecurityRequirement
 
 from rerankd.auth.gate import Gate
 from rerankd.auth.keys import KeyRecord
-from rerankd.errors import RateLimited
+from rerankd.errors import BadRequest, RateLimited
 from rerankd.estimate import token_bound
 from rerankd.proxy.context import RequestContext, context_of, header
+from rerankd.proxy.dialects import DIALECTS, Dialect, Reply, UnknownFields
+from rerankd.proxy.dialects.base import check_query_length, unknown_field_warnings, unknown_fields
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
-from rerankd.proxy.schemas import JINA, V1, V2, CohereResponse, JinaResponse, RerankRequest
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 
 __all__ = ["ROUTES"]
@@ -27,13 +36,19 @@ AnyRequest = Request[Any, Any, Any]
 # Guarded routes, for the OpenAPI description: a bearer key (when keys are on) and the one error body.
 API_KEY: list[SecurityRequirement] = [{"apiKey": []}]
 SCORING_ERRORS = error_responses(400, 401, 404, 413, 429, 500, 503)
+SCORING_ERRORS[422] = ResponseSpec(ErrorBody, description="Unknown request fields, with the strict setting")
 
-CACHE_HEADERS = [
+RESPONSE_HEADERS = [
     ResponseHeader(
         name="X-Cache-Hits",
         description="HITS/PAIRS: pairs of this request served from the cache, of all pairs",
         documentation_only=True,
-    )
+    ),
+    ResponseHeader(
+        name="X-API-Warning",
+        description="What the server did differently from what was asked (unknown fields, a cut query)",
+        documentation_only=True,
+    ),
 ]
 
 
@@ -54,40 +69,24 @@ def tenant_of(request: AnyRequest, ctx: RequestContext) -> str:
     return f"addr:{client[0]}" if client else ""
 
 
-def _cache_headers(data: RerankRequest, outcome: RerankOutcome) -> dict[str, str]:
-    return {"X-Cache-Hits": f"{outcome.cache_hits}/{len(data.documents)}"}
-
-
 def _context(request: AnyRequest) -> RequestContext:
     ctx = context_of(request.scope)
     assert ctx is not None, "the request middleware runs on every route"
     return ctx
 
 
-async def _rerank(request: AnyRequest, service: RerankService, query: RerankQuery) -> RerankOutcome:
-    """Score, but stop as soon as the client disconnects so its queued work is dropped."""
-    ctx = _context(request)
-    ctx.requested_model = query.model
-    ctx.documents = len(query.documents)
-    if ctx.key is not None and ctx.key.tpm and ctx.gate is not None:
-        await _reserve(ctx, ctx.gate, ctx.key, service, query)
-    work = service.rerank(
-        query, request_id=ctx.request_id, cache=cache_policy(request), tenant=tenant_of(request, ctx)
-    )
-    ctx.outcome = outcome = await until_disconnect(request.receive, work)
-    return outcome
-
-
 async def _reserve(
-    ctx: RequestContext, gate: Gate, key: KeyRecord, service: RerankService, query: RerankQuery
+    ctx: RequestContext, gate: Gate, key: KeyRecord, service: RerankService, queries: Sequence[RerankQuery]
 ) -> None:
     """Hold the most tokens this request can score on its key's token bucket; the request
     middleware settles the real count when the response starts."""
-    source = service.sources[service.resolve(query.model)]
-    opts = query.options
-    if not opts.instruction and source.config.instruction:
-        opts = dataclasses.replace(opts, instruction=source.config.instruction)
-    bound = token_bound(source.format, source.max_length, query.query, query.documents, opts)
+    bound = 0
+    for query in queries:
+        source = service.sources[service.resolve(query.model)]
+        opts = query.options
+        if not opts.instruction and source.config.instruction:
+            opts = dataclasses.replace(opts, instruction=source.config.instruction)
+        bound += token_bound(source.format, source.max_length, query.query, query.documents, opts)
     try:
         ctx.reserved_tokens = await gate.reserve(key, bound)
     except RateLimited as exc:
@@ -95,49 +94,132 @@ async def _reserve(
         raise
 
 
-def _scoring(path: str, summary: str) -> post:
-    """The route decorator shared by the three dialects: same errors, key and headers."""
-    return post(
-        path,
-        summary=summary,
-        status_code=200,
-        responses=SCORING_ERRORS,
-        security=API_KEY,
-        response_headers=CACHE_HEADERS,
+async def _rerank(
+    request: AnyRequest, service: RerankService, queries: Sequence[RerankQuery]
+) -> list[RerankOutcome]:
+    """Score, but stop as soon as the client disconnects so its queued work is dropped."""
+    ctx = _context(request)
+    policy, tenant = cache_policy(request), tenant_of(request, ctx)
+    documents = [d for q in queries for d in q.documents] if len(queries) > 1 else queries[0].documents
+    limit = service.settings.max_documents
+    if len(queries) > 1 and len(documents) > limit:
+        # The service checks each query; pairs of many queries count against the one limit too.
+        raise BadRequest(f"too many pairs: {len(documents)}; at most {limit} per request")
+    ctx.requested_model = queries[0].model
+    ctx.documents = len(documents)
+    if ctx.key is not None and ctx.key.tpm and ctx.gate is not None:
+        await _reserve(ctx, ctx.gate, ctx.key, service, queries)
+    if len(queries) == 1:
+        work = service.rerank(queries[0], request_id=ctx.request_id, cache=policy, tenant=tenant)
+        outcomes = [await until_disconnect(request.receive, work)]
+    else:
+        many = asyncio.gather(
+            *(service.rerank(q, request_id=ctx.request_id, cache=policy, tenant=tenant) for q in queries)
+        )
+        outcomes = await until_disconnect(request.receive, many)
+    ctx.outcome = outcomes[0] if len(outcomes) == 1 else _merged(outcomes)
+    return outcomes
+
+
+def _merged(outcomes: Sequence[RerankOutcome]) -> RerankOutcome:
+    """Several queries of one request (vLLM's /score), counted as one for usage and metrics."""
+    return RerankOutcome(
+        model=outcomes[0].model,
+        results=[],
+        input_tokens=sum(o.input_tokens for o in outcomes),
+        search_units=sum(o.search_units for o in outcomes),
+        cache_hits=sum(o.cache_hits for o in outcomes),
+        cached_tokens=sum(o.cached_tokens for o in outcomes),
     )
 
 
-@_scoring("/v1/rerank", "Rerank (Cohere v1)")
-async def rerank_v1(
-    data: RerankRequest, service: RerankService, request: AnyRequest
-) -> Response[CohereResponse]:
-    outcome = await _rerank(request, service, V1.to_query(data))
-    body = V1.cohere(data, outcome, _context(request).request_id)
-    return Response(body, headers=_cache_headers(data, outcome))
+def _headers(
+    queries: Sequence[RerankQuery], outcomes: Sequence[RerankOutcome], reply: Reply
+) -> dict[str, str]:
+    pairs = sum(len(q.documents) for q in queries)
+    headers = {"X-Cache-Hits": f"{sum(o.cache_hits for o in outcomes)}/{pairs}"}
+    if reply.warnings:
+        headers["X-API-Warning"] = "; ".join(reply.warnings)
+    return headers
 
 
-@_scoring("/v2/rerank", "Rerank (Cohere v2)")
-async def rerank_v2(
-    data: RerankRequest, service: RerankService, request: AnyRequest
-) -> Response[CohereResponse]:
-    outcome = await _rerank(request, service, V2.to_query(data))
-    body = V2.cohere(data, outcome, _context(request).request_id)
-    return Response(body, headers=_cache_headers(data, outcome))
+async def _warn_unknown(
+    request: AnyRequest, service: RerankService, dialect: Dialect[Any], reply: Reply
+) -> None:
+    names = unknown_fields(await request.body(), dialect.request_type)
+    if not names:
+        return
+    warnings = unknown_field_warnings(names, dialect.request_type)
+    if service.settings.strict:
+        raise UnknownFields("; ".join(warnings).replace(" ignored", ""))
+    reply.warnings += warnings
 
 
-@_scoring("/rerank", "Rerank (Jina / vLLM style)")
-async def rerank_jina(
-    data: RerankRequest, service: RerankService, request: AnyRequest
-) -> Response[JinaResponse]:
-    outcome = await _rerank(request, service, JINA.to_query(data))
-    body = JINA.jina(data, outcome, _context(request).request_id)
-    return Response(body, headers=_cache_headers(data, outcome))
+def dialect_route(dialect: Dialect[Any]) -> HTTPRouteHandler:
+    """The POST route of one dialect: its request struct in, its response out, same errors, key and
+    headers for all."""
+
+    async def handler(data: Any, service: RerankService, request: AnyRequest) -> Response[Any]:
+        reply = Reply(_context(request).request_id)
+        await _warn_unknown(request, service, dialect, reply)
+        queries = dialect.queries(data)
+        rule = dialect.long_query_rule(data)
+        for query in queries:
+            check_query_length(service, query, rule, reply)
+        outcomes = await _rerank(request, service, queries)
+        body = dialect.respond(data, outcomes, reply)
+        return Response(body, headers=_headers(queries, outcomes, reply))
+
+    # Litestar reads the handler's annotations for validation and the OpenAPI description: give it
+    # this dialect's types, not Any.
+    handler.__annotations__ = {
+        "data": dialect.request_type,
+        "service": RerankService,
+        "request": AnyRequest,
+        "return": Response[dialect.response_type],  # type: ignore[name-defined]
+    }
+    handler.__name__ = handler.__qualname__ = "rerank_" + dialect.name.replace("-", "_")
+    return post(
+        list(dialect.paths),
+        summary=dialect.summary,
+        status_code=200,
+        responses=SCORING_ERRORS,
+        security=API_KEY,
+        response_headers=RESPONSE_HEADERS,
+    )(handler)
+
+
+#: When the models were listed first; vLLM's cards carry a ``created`` time.
+_STARTED = int(time.time())
+
+
+class ModelPermission(msgspec.Struct):
+    """vLLM's (and OpenAI's former) permission record: everything allowed."""
+
+    id: str
+    created: int
+    object: str = "model_permission"
+    allow_create_engine: bool = False
+    allow_sampling: bool = False
+    allow_logprobs: bool = False
+    allow_search_indices: bool = False
+    allow_view: bool = True
+    allow_fine_tuning: bool = False
+    organization: str = "*"
+    group: str | None = None
+    is_blocking: bool = False
 
 
 class ModelCard(msgspec.Struct):
     id: str
     format: str
     max_length: int
+    #: vLLM's fields: the context (same as max_length), the served name's source, and so on.
+    created: int
+    root: str
+    max_model_len: int
+    permission: list[ModelPermission]
+    parent: str | None = None
     object: str = "model"
     owned_by: str = "rerankd"
     aliases: list[str] = msgspec.field(default_factory=list)
@@ -157,6 +239,10 @@ async def list_models(service: RerankService) -> ModelList:
                 id=name,
                 format=src.format,
                 max_length=src.max_length,
+                created=_STARTED,
+                root=src.config.path,
+                max_model_len=src.max_length,
+                permission=[ModelPermission(id=f"modelperm-{name}", created=_STARTED)],
                 aliases=sorted(a for a, t in aliases.items() if t == name),
             )
             for name, src in service.sources.items()
@@ -183,4 +269,4 @@ async def ready(service: RerankService, request: AnyRequest) -> Response[Status 
     return Response(body, status_code=503, headers={"Retry-After": "5"})
 
 
-ROUTES = [rerank_v1, rerank_v2, rerank_jina, list_models, health, ready]
+ROUTES = [*(dialect_route(d) for d in DIALECTS), list_models, health, ready]

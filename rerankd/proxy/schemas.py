@@ -1,44 +1,31 @@
-"""Wire schemas of the three dialects (Cohere v1, Cohere v2, Jina/vLLM) and their adapters.
-
-One request struct accepts the union of the dialects' fields, unknown fields ignored; the dialects
-differ only in defaults and in the response shape.
-"""
+"""Wire structs the dialects share (Cohere's request and meta, results, usage) and how a
+document becomes the text a model sees. Each dialect's own structs live in its module under
+``rerankd/proxy/dialects/``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import repeat
-from operator import attrgetter
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from rerankd.adapters.formats import EncodeOptions
 from rerankd.errors import BadRequest
-from rerankd.service import RerankOutcome, RerankQuery
 
 __all__ = [
-    "JINA",
-    "V1",
-    "V2",
     "ApiVersion",
     "BilledUnits",
     "CohereMeta",
     "CohereResponse",
-    "Dialect",
-    "JinaResponse",
+    "Document",
     "RerankRequest",
     "Result",
     "Tokens",
     "Usage",
     "document_text",
+    "result_document",
 ]
 
 Document = str | dict[str, Any]
-
-_INDEX = attrgetter("index")
-_SCORE = attrgetter("score")
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):
@@ -82,6 +69,8 @@ class CohereMeta(msgspec.Struct, omit_defaults=True):
     tokens: Tokens
     #: Cohere's own field: input tokens of pairs served from the cache; absent when none were.
     cached_tokens: int | UnsetType = UNSET
+    #: Cohere's own field: what the server did differently from what was asked; absent when nothing.
+    warnings: list[str] | UnsetType = UNSET
 
 
 class CohereResponse(msgspec.Struct):
@@ -91,14 +80,16 @@ class CohereResponse(msgspec.Struct):
 
 
 class Usage(msgspec.Struct):
+    """Jina's ``total_tokens`` and vLLM's ``prompt_tokens`` (the same number: reranking generates
+    nothing)."""
+
     total_tokens: int
+    prompt_tokens: int
 
 
-class JinaResponse(msgspec.Struct):
-    id: str
-    model: str
-    usage: Usage
-    results: list[Result]
+def result_document(doc: Document) -> dict[str, Any]:
+    """A result's ``document``: ``{"text": ...}`` for a string, the object as sent for an object."""
+    return {"text": doc} if isinstance(doc, str) else doc
 
 
 def _render_value(value: Any) -> str:
@@ -117,65 +108,3 @@ def document_text(doc: Document, rank_fields: list[str] | None, index: int) -> s
     if "text" in doc:
         return _render_value(doc["text"])
     return "\n".join(f"{k}: {_render_value(v)}" for k, v in doc.items())
-
-
-@dataclass(frozen=True, slots=True)
-class Dialect:
-    name: str
-    return_documents: bool
-    #: Windows per long document when the request sets no ``max_chunks_per_doc``.
-    default_max_chunks: int
-    api_version: str = ""
-
-    def to_query(self, req: RerankRequest) -> RerankQuery:
-        docs = req.documents
-        texts: list[str]
-        if all(map(isinstance, docs, repeat(str))):  # plain strings, the common case: used as they are
-            texts = cast(list[str], docs)
-        else:
-            texts = [document_text(d, req.rank_fields, i) for i, d in enumerate(docs)]
-        opts = EncodeOptions(
-            instruction=req.instruction,
-            max_tokens_per_doc=req.max_tokens_per_doc,
-            max_chunks=req.max_chunks_per_doc or self.default_max_chunks,
-        )
-        return RerankQuery(
-            req.query, texts, model=req.model, top_n=req.top_n, options=opts, priority=req.priority or 0
-        )
-
-    def results(self, req: RerankRequest, outcome: RerankOutcome) -> list[Result]:
-        show = self.return_documents if req.return_documents is None else req.return_documents
-        ranked = outcome.results
-        if not show:
-            return list(map(Result, map(_INDEX, ranked), map(_SCORE, ranked)))
-        out = []
-        for r in outcome.results:
-            doc = req.documents[r.index]
-            document: dict[str, Any] | UnsetType = UNSET
-            if show:
-                document = {"text": doc} if isinstance(doc, str) else doc
-            out.append(Result(index=r.index, relevance_score=r.score, document=document))
-        return out
-
-    def cohere(self, req: RerankRequest, outcome: RerankOutcome, request_id: str) -> CohereResponse:
-        meta = CohereMeta(
-            api_version=ApiVersion(self.api_version),
-            billed_units=BilledUnits(outcome.search_units),
-            tokens=Tokens(outcome.input_tokens),
-            cached_tokens=outcome.cached_tokens or UNSET,
-        )
-        return CohereResponse(id=request_id, results=self.results(req, outcome), meta=meta)
-
-    def jina(self, req: RerankRequest, outcome: RerankOutcome, request_id: str) -> JinaResponse:
-        return JinaResponse(
-            id=request_id,
-            model=outcome.model,
-            usage=Usage(outcome.input_tokens),
-            results=self.results(req, outcome),
-        )
-
-
-# Cohere v1 chunks long documents by default (max_chunks_per_doc=10); v2 and Jina truncate.
-V1 = Dialect("v1", return_documents=False, default_max_chunks=10, api_version="1")
-V2 = Dialect("v2", return_documents=False, default_max_chunks=1, api_version="2")
-JINA = Dialect("jina", return_documents=True, default_max_chunks=1)

@@ -95,7 +95,8 @@ async def test_long_document_in_windows_scores_its_best_window(engine: VLLMEngin
     opts = EncodeOptions(max_chunks=4)
     encoded = engine.format.encode(QUERY, [DOCS[4]], opts)
     assert len(encoded.ids) > 1
-    windows = await engine.infer(encoded, deadline=None)
+    # infer gives raw outputs (logits); scores are the format's activation of them.
+    windows = [engine.format.activate(float(w)) for w in await engine.infer(encoded, deadline=None)]
     result = await engine.score(QUERY, [DOCS[4]], opts)
     truncated = await engine.score(QUERY, [DOCS[4]], EncodeOptions())
     # The first window is the plain truncation; the document scores its best window.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import LevelResult, percentile
-from bench.workload import Workload, parse_range
+from rerankd.bench.loadgen import LevelResult, percentile
+from rerankd.bench.workload import Workload, parse_range
 from tests.servers import RerankdServer
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from bench.make_qwen3_shaped import main
-from bench.workload import WORDS
+from rerankd.bench.workload import WORDS
 
 
 def test_builds_the_06b_shape_with_a_fitting_tokenizer(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
-"""Closed-loop load generator for rerank servers.
+"""Closed-loop load generator for rerank servers (``rerankd bench``, also ``python -m bench`` in a checkout).
 
-``python -m bench --url http://127.0.0.1:8080 --concurrency 1,4,16,64 --json out.json --plot out.png``
+``rerankd bench --url http://127.0.0.1:8080 --concurrency 1,4,16,64 --json out.json --plot out.png``
 
 Each concurrency level runs ``concurrency`` workers that send requests back to back for a warm-up
 period and then a measured window. Requests still in flight when the window closes are awaited, so
@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from bench.workload import Workload, parse_range
+from rerankd.bench.workload import Workload, parse_range
 
 __all__ = [
     "SCHEMA",
@@ -407,7 +407,7 @@ def write_outputs(reports: Sequence[dict[str, Any]], json_path: str | None, plot
         Path(json_path).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"bench: wrote {json_path}", file=sys.stderr)
     if plot_path:
-        from bench.plot import plot_reports
+        from rerankd.bench.plot import plot_reports
 
         if plot_reports(reports, Path(plot_path)):
             print(f"bench: wrote {plot_path}", file=sys.stderr)

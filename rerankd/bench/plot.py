@@ -1,6 +1,6 @@
 """Throughput and p99 latency against concurrency, one line per report.
 
-``python -m bench.plot report.json [more.json ...] -o docs/plot.png``: draws from saved reports, so a
+``python -m rerankd.bench.plot report.json [more.json ...] -o docs/plot.png``: draws from saved reports, so a
 machine without matplotlib can measure and another can draw.
 """
 
@@ -41,7 +41,10 @@ def plot_reports(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("bench: matplotlib is not installed; draw later with python -m bench.plot", file=sys.stderr)
+        print(
+            "bench: matplotlib is not installed; draw later with python -m rerankd.bench.plot",
+            file=sys.stderr,
+        )
         return False
     fig, (thr, p99) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
     for rep in reports:
@@ -69,7 +72,7 @@ def plot_reports(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m rerankd.bench.plot", description=__doc__)
     p.add_argument(
         "reports", nargs="+", type=Path, help="JSON reports of python -m bench, compare or overhead"
     )

@@ -1,0 +1,1 @@
+"""The load generator behind ``rerankd bench``: requests, the closed loop, reports and plots."""
