@@ -139,7 +139,8 @@ class ModelFormat(ABC):
         return out
 
     def bound_texts(self, documents: Sequence[str], opts: EncodeOptions) -> list[str]:
-        """Cut each document to a prefix that still holds every token the model can be fed.
+        """Cut each document to a prefix (a suffix, where the request keeps a document's last tokens)
+        that still holds every token the model can be fed.
 
         Tokenizing costs time and memory in proportion to the text, but only ``max_length`` tokens
         per window are scored: a 5 MB document is cut before it is tokenized. The cut is exact, not
@@ -150,14 +151,19 @@ class ModelFormat(ABC):
         if opts.max_tokens_per_doc:
             need = min(need, opts.max_tokens_per_doc)
         need += _CUT_MARGIN_TOKENS
-        return [doc if len(doc) <= need * CHARS_PER_TOKEN else self._cut(doc, need) for doc in documents]
+        # Left truncation of one window keeps the end; a max_tokens_per_doc cap reads from the start.
+        tail = opts.truncation_side == "left" and opts.max_chunks <= 1 and not opts.max_tokens_per_doc
+        return [
+            doc if len(doc) <= need * CHARS_PER_TOKEN else self._cut(doc, need, tail=tail)
+            for doc in documents
+        ]
 
-    def _cut(self, doc: str, need: int) -> str:
+    def _cut(self, doc: str, need: int, *, tail: bool) -> str:
         cut = need * CHARS_PER_TOKEN
         while cut < len(doc):
-            ids = self.tokenizer(doc[:cut], add_special_tokens=False, verbose=False)["input_ids"]
-            if len(ids) >= need:
-                return doc[:cut]
+            part = doc[-cut:] if tail else doc[:cut]
+            if len(self.tokenizer(part, add_special_tokens=False, verbose=False)["input_ids"]) >= need:
+                return part
             cut *= 2
         return doc
 

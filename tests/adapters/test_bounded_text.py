@@ -36,8 +36,13 @@ def formats(tmp_path: Path, tiny_qwen3_dir: Path) -> list[ModelFormat]:
 
 @pytest.mark.parametrize(
     "opts",
-    [EncodeOptions(), EncodeOptions(max_chunks=3), EncodeOptions(max_tokens_per_doc=40)],
-    ids=["truncate", "chunks", "max-tokens"],
+    [
+        EncodeOptions(),
+        EncodeOptions(max_chunks=3),
+        EncodeOptions(max_tokens_per_doc=40),
+        EncodeOptions(truncation_side="left"),
+    ],
+    ids=["truncate", "chunks", "max-tokens", "left"],
 )
 def test_cut_documents_encode_exactly_as_whole_ones(
     tmp_path: Path, tiny_qwen3_dir: Path, opts: EncodeOptions
@@ -45,7 +50,8 @@ def test_cut_documents_encode_exactly_as_whole_ones(
     for fmt in formats(tmp_path, tiny_qwen3_dir):
         cut = fmt.bound_texts(LONG_DOCS, opts)
         assert cut[-1] == LONG_DOCS[-1]
-        assert all(d.startswith(c) for c, d in zip(cut, LONG_DOCS, strict=True))
+        kept = str.endswith if opts.truncation_side == "left" else str.startswith
+        assert all(kept(d, c) for c, d in zip(cut, LONG_DOCS, strict=True))
         assert len(cut[0]) <= (fmt.max_length * opts.max_chunks + 64) * CHARS_PER_TOKEN
         assert len(cut[1]) < len(LONG_DOCS[1])
         whole = fmt.encode("what makes sugar?", LONG_DOCS, opts)

@@ -56,7 +56,8 @@ def test_engine_failure_is_a_generic_500(tmp_path: Path) -> None:
 
 def test_health_answers_fast_while_scoring() -> None:
     docs = [f"Document {i} talks about the history of the city and its rivers. " * 6 for i in range(1500)]
-    with rerankd_server([]) as server:
+    # A long request on purpose: more time than the default deadline on a busy 2-core machine.
+    with rerankd_server(["--request-timeout-s", "300"]) as server:
         done = threading.Event()
         result: dict[str, int] = {}
 
