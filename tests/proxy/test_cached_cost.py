@@ -36,7 +36,9 @@ from tests.servers import free_port
 MAX_CALLS_PER_DOCUMENT = 8
 MAX_PYTHON_CALLS_PER_DOCUMENT = 0.5
 #: Python function calls per request beyond the documents' share (HTTP, routing, middleware, ranking).
-MAX_PYTHON_CALLS_PER_REQUEST = 450
+# Measured 448-452 with the request's deadline and scheduling context (asyncio.timeout, the
+# requester context variable): a bound that a tripling trips, not one that noise does.
+MAX_PYTHON_CALLS_PER_REQUEST = 500
 
 
 @dataclass
