@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -120,20 +121,23 @@ def test_keys_from_an_existing_secret_are_mounted_as_a_file() -> None:
 def test_keys_from_values_live_only_in_the_secret() -> None:
     values = CI["scaling"]
     keys_text = yaml.safe_load(values.read_text())["auth"]["keysFile"]
+    digest = json.loads(keys_text)["keys"][0]["digest"]
     rendered = render([values])
     secret = rendered.get("Secret", "r-rerankd-keys")
     assert base64.b64decode(secret["data"]["keys"]).decode() == keys_text
     volume, mount = _keys_volume(rendered)
     assert volume["secret"]["secretName"] == "r-rerankd-keys"
     assert config_file(rendered)["keys_file"] == f"{mount['mountPath']}/keys"
-    _assert_not_in_env_or_args(container(rendered), "r-rerankd-keys", "sha256:0f1e2d3c")
+    _assert_not_in_env_or_args(container(rendered), "r-rerankd-keys", digest)
     # Nowhere else in the manifest: not in the ConfigMap, not in annotations.
     others = [o for o in rendered.objects if o is not secret]
-    assert "0f1e2d3c" not in yaml.safe_dump_all(others)
+    assert digest not in yaml.safe_dump_all(others)
 
 
 def test_without_auth_rerankd_runs_with_auth_off_and_mounts_no_keys() -> None:
-    rendered = render()
+    rendered = render(sets={"auth.enabled": "false"})
+    assert not rendered.has("Secret")
+    assert "RERANKD_API_KEY" not in env_of(container(rendered))
     assert config_file(rendered) == {"auth": "off"}
     assert "keys" not in [
         v["name"] for v in rendered.get("Deployment")["spec"]["template"]["spec"]["volumes"]
@@ -375,7 +379,15 @@ def test_hpa_service_monitor_and_network_policy() -> None:
 
 def test_optional_objects_are_off_by_default() -> None:
     kinds = {o["kind"] for o in render().objects}
-    assert kinds == {"ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Service", "ServiceAccount"}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Pod",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    }  # the Secret is the generated API key
 
 
 def test_notes_show_how_to_call_the_service() -> None:
@@ -384,7 +396,12 @@ def test_notes_show_how_to_call_the_service() -> None:
     assert "http://r-rerankd.rr.svc:8080" in notes
     assert "/v2/rerank" in notes
     assert '"model": "all-MiniLM-L6-v2"' in notes
-    assert "WARNING: auth.enabled is false" in notes
+    assert "WARNING" not in notes
+    # How to read the generated key, and the request that uses it.
+    assert "get secret r-rerankd-api-key -o jsonpath='{.data.api-key}' | base64 -d" in notes
+    assert "authorization: Bearer $RERANKD_API_KEY" in notes
+    off = helm("install", "r", str(CHART), "--dry-run=client", "-n", "rr", "--set", "auth.enabled=false")
+    assert "WARNING: auth.enabled is false" in off.stdout
     out = helm("install", "r", str(CHART), "--dry-run=client", "-n", "rr", "-f", str(CI["scaling"])).stdout
     notes = out[out.index("NOTES:") :]
     assert "authorization: Bearer" in notes

@@ -94,6 +94,13 @@ app.kubernetes.io/component: cache
 {{- if and .Values.auth.enabled (or .Values.auth.keysFile .Values.auth.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
+{{/* A static API key (Secret <fullname>-api-key) is kept when auth is on and no keys file is mounted. */}}
+{{- define "rerankd.staticKey" -}}
+{{- if and .Values.auth.enabled .Values.auth.generateKey (not (include "rerankd.keysMounted" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "rerankd.apiKeySecretName" -}}{{ include "rerankd.fullname" . }}-api-key{{- end -}}
+
 {{- define "rerankd.hubSecretName" -}}
 {{- default (printf "%s-hub" (include "rerankd.fullname" .)) .Values.hub.existingSecret -}}
 {{- end -}}
