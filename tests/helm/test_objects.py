@@ -338,7 +338,7 @@ def test_hpa_service_monitor_and_network_policy() -> None:
         "name": "r-rerankd",
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
-    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource", "Pods"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["External"]  # queue depth, no CPU
 
     # kubernetes-validate has no schema for this CRD, so its shape is checked here.
     monitor = rendered.get("ServiceMonitor")

@@ -155,6 +155,15 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- toYaml $cfg -}}
 {{- end -}}
 
+{{/* Labels of this release's rerankd_queue_depth series in Prometheus (set by the ServiceMonitor's scrape). */}}
+{{- define "rerankd.queueSeriesLabels" -}}
+{{- if .Values.autoscaling.external.matchLabels -}}
+{{- toYaml .Values.autoscaling.external.matchLabels -}}
+{{- else -}}
+service: {{ include "rerankd.fullname" . }}
+{{- end -}}
+{{- end -}}
+
 {{/* Render-time checks of combinations a JSON schema cannot express clearly. */}}
 {{- define "rerankd.validate" -}}
 {{- if and .Values.redis.bundled.enabled .Values.redis.external.url -}}
@@ -183,6 +192,21 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- $drain := add (int .Values.preStopSleepSeconds) $grace -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + rerankd's %d s drain, config.shutdown_grace_s (%d)" (int .Values.terminationGracePeriodSeconds) $grace $drain) -}}
+{{- end -}}
+{{- $a := .Values.autoscaling -}}
+{{- if and $a.enabled $a.keda.enabled -}}
+{{- if not $a.queueDepthPerPod -}}
+{{- fail "autoscaling.keda scales on the queue depth: set autoscaling.queueDepthPerPod" -}}
+{{- end -}}
+{{- if not $a.keda.serverAddress -}}
+{{- fail "autoscaling.keda.serverAddress: the URL of the Prometheus that scrapes rerankd" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $a.enabled (not $a.keda.enabled) (not (or $a.queueDepthPerPod $a.targetCPUUtilizationPercentage $a.metrics)) -}}
+{{- fail "autoscaling: the HPA needs a metric: autoscaling.queueDepthPerPod, targetCPUUtilizationPercentage or metrics" -}}
+{{- end -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
 {{- if and (eq .Values.modelCache.type "existingClaim") (not .Values.modelCache.existingClaim) -}}
 {{- fail "modelCache.type existingClaim needs modelCache.existingClaim" -}}
