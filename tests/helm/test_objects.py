@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tomllib
 from typing import Any
 
 import pytest
@@ -407,3 +408,50 @@ def test_notes_show_how_to_call_the_service() -> None:
     assert "authorization: Bearer" in notes
     assert '"model": "qwen3-reranker"' in notes
     assert "WARNING" not in notes
+
+
+# -- Ingress and chart metadata ------------------------------------------------------------------
+
+
+def test_no_ingress_by_default_and_one_to_the_service_when_asked() -> None:
+    assert not render().has("Ingress")
+    rendered = render([CI["scaling"]])
+    ingress = rendered.get("Ingress", "r-rerankd")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "rerank-example-tls", "hosts": ["rerank.example.com"]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "rerank.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    service = rendered.get("Service", "r-rerankd")
+    assert path["backend"]["service"]["name"] == service["metadata"]["name"]
+    port = path["backend"]["service"]["port"]["name"]
+    assert port in [p["name"] for p in service["spec"]["ports"]]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+    # Without a host the rule matches every host, and no TLS block is rendered.
+    bare = render(sets={"ingress.enabled": "true"}).get("Ingress")
+    assert "tls" not in bare["spec"]
+    assert "host" not in bare["spec"]["rules"][0]
+
+
+def test_chart_metadata_for_artifact_hub() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    for field in ("home", "sources", "maintainers"):
+        assert chart[field], field
+    notes = chart["annotations"]
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    assert notes["artifacthub.io/license"] == project["license"]
+    # Artifact Hub reads these annotations as YAML lists of a fixed shape.
+    for change in yaml.safe_load(notes["artifacthub.io/changes"]):
+        assert change["kind"] in {"added", "changed", "deprecated", "removed", "fixed", "security"}
+        assert change["description"]
+    for link in yaml.safe_load(notes["artifacthub.io/links"]):
+        assert set(link) == {"name", "url"}
+        assert link["url"].startswith("https://")
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    redis = values["redis"]["bundled"]["image"]
+    assert image["image"] == f"{redis['repository']}:{redis['tag']}"  # kept in step with values
+    # No rerankd image is published: the chart says so, and is marked a pre-release.
+    assert notes["artifacthub.io/prerelease"] == "true"
