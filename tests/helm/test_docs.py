@@ -70,7 +70,9 @@ def test_documented_defaults_match_values_yaml() -> None:
 
 def test_deploy_guide_covers_the_operations() -> None:
     text = (ROOT / "docs" / "deploy.md").read_text()
-    for heading in ("Install on a GPU cluster", "Scale out", "Multi-GPU", "Upgrade", "Roll back", "Images"):
+    headings = ("Install on a GPU cluster", "Scale out", "Multi-GPU", "Upgrade", "Roll back", "Images")
+    day = ("An operator.s day", "Install", "Watch", "Scale", "Rotate a key")
+    for heading in (*headings, *day):
         assert re.search(rf"^#+ .*{heading}", text, re.M | re.I), heading
     assert "cannot be built" in text  # no Docker engine here: the guide must say so
 
