@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import subprocess
+import sys
 import tomllib
 from typing import Any
 
@@ -455,3 +458,44 @@ def test_chart_metadata_for_artifact_hub() -> None:
     assert image["image"] == f"{redis['repository']}:{redis['tag']}"  # kept in step with values
     # No rerankd image is published: the chart says so, and is marked a pre-release.
     assert notes["artifacthub.io/prerelease"] == "true"
+
+
+# -- model download init container ---------------------------------------------------------------
+
+
+def test_download_init_container_fetches_the_hub_models_onto_the_model_volume() -> None:
+    assert "initContainers" not in render().get("Deployment")["spec"]["template"]["spec"]
+    sets = {"models[1].name": "local", "models[1].path": "/models/local-reranker"}
+    rendered = render([CI["external-redis"]], sets)
+    spec = rendered.get("Deployment", "r-rerankd")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["rerankd", "download"]
+    assert init["args"] == ["Qwen/Qwen3-Reranker-0.6B@main"]  # the folder is not a hub id
+    main = container(rendered)
+    assert init["image"] == main["image"]
+    # Where it writes is where rerankd reads: the same volume at the same HF_HOME.
+    assert env_of(init)["HF_HOME"] == env_of(main)["HF_HOME"]
+    assert env_of(init)["HF_TOKEN"]["valueFrom"] == env_of(main)["HF_TOKEN"]["valueFrom"]
+    models_mount = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["models"]
+    assert models_mount == {m["name"]: m["mountPath"] for m in main["volumeMounts"]}["models"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_download_needs_a_writable_volume_and_a_hub_model() -> None:
+    sets = {"modelCache.download.enabled": "true", "modelCache.readOnly": "true"}
+    sets |= {"models[0].name": "a", "models[0].path": "Qwen/Qwen3-Reranker-0.6B"}
+    assert "cannot be readOnly" in render_error(sets=sets)
+    sets = {"modelCache.download.enabled": "true", "models[0].name": "a", "models[0].path": "/models/a"}
+    assert "no models[].path is a hub id" in render_error(sets=sets)
+
+
+def test_the_download_command_is_one_rerankd_accepts() -> None:
+    """Runs once this rerankd has `rerankd download` (added beside the chart's init container)."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "rerankd", "download", "--help"], capture_output=True, text=True, timeout=60
+    )
+    if probe.returncode != 0:
+        pytest.skip("this rerankd has no `download` command yet")
+    init = render([CI["external-redis"]]).get("Deployment")["spec"]["template"]["spec"]["initContainers"][0]
+    assert "OWNER/NAME[@REVISION]" in probe.stdout  # the argument form the chart renders
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", a) for a in init["args"])

@@ -164,6 +164,15 @@ service: {{ include "rerankd.fullname" . }}
 {{- end -}}
 {{- end -}}
 
+{{/* The hub ids (owner/name[@revision]) of models[], for `rerankd download`; folders are skipped. */}}
+{{- define "rerankd.hubModels" -}}
+{{- range .Values.models -}}
+{{- if regexMatch "^[A-Za-z0-9][\\w.-]*/[\\w.-]+$" .path }}
+- {{ if .revision }}{{ printf "%s@%s" .path .revision | quote }}{{ else }}{{ .path | quote }}{{ end }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Render-time checks of combinations a JSON schema cannot express clearly. */}}
 {{- define "rerankd.validate" -}}
 {{- if and .Values.redis.bundled.enabled .Values.redis.external.url -}}
@@ -207,6 +216,14 @@ service: {{ include "rerankd.fullname" . }}
 {{- end -}}
 {{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if .Values.modelCache.download.enabled -}}
+{{- if .Values.modelCache.readOnly -}}
+{{- fail "modelCache.download writes to the model volume: it cannot be readOnly" -}}
+{{- end -}}
+{{- if not (include "rerankd.hubModels" .) -}}
+{{- fail "modelCache.download: no models[].path is a hub id (owner/name) to download" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq .Values.modelCache.type "existingClaim") (not .Values.modelCache.existingClaim) -}}
 {{- fail "modelCache.type existingClaim needs modelCache.existingClaim" -}}
