@@ -34,7 +34,7 @@ DOC = ROOT / "docs" / "deploy.md"
 #: helm flags that only matter against a cluster; `helm template` takes the rest as they are.
 CLUSTER_FLAGS = {"--wait": 0, "--timeout": 1, "--create-namespace": 0, "--atomic": 0}
 #: Commands of the section that need a cluster, by their first two words.
-NOT_RUN = {("helm", "test"), ("helm", "history"), ("curl", "-s"), ("export", "RERANKD_API_KEY=$(kubectl")}
+NOT_RUN = {("helm", "test"), ("helm", "history"), ("curl", "-s")}
 
 
 def section() -> str:
@@ -135,7 +135,7 @@ def kubectl(day: Day, words: list[str]) -> None:
             shutil.copy(day.work / source, day.mounted / source)
         day.kinds.add("kubectl create secret")
         return
-    if m := re.search(r"get secret (\S+) -o jsonpath='\{\.data\.([\w-]+)\}'", text):
+    if m := re.search(r"get secret (\S+) -o jsonpath='?\{\.data\.([\w-]+)\}'?", text):
         name, key = m.groups()
         assert day.rendered is not None
         assert key in day.rendered.get("Secret", name)["data"], text
@@ -173,8 +173,11 @@ def walk(day: Day) -> Iterator[str]:
             day.kinds.add(f"rerankd keys {words[2]}")
         elif words[0] == "kubectl":
             kubectl(day, words)
+        elif words[0] == "export" and "$(kubectl" in line:
+            # `export VAR=$(kubectl ... | base64 -d)`: the kubectl part names a Secret and its key.
+            kubectl(day, shlex.split(line[line.index("$(") + 2 :].split("|")[0]))
         else:
-            assert tuple(words[:2]) in NOT_RUN or (words[0], line.split()[1]) in NOT_RUN, line
+            assert tuple(words[:2]) in NOT_RUN, line
             day.kinds.add(" ".join(words[:2]))
         yield line
 
@@ -262,6 +265,7 @@ def test_the_operator_day_runs(tmp_path: Path) -> None:
         "upgrade: keys file kept",
     ], day.checks
     ran = {"rerankd keys create", "rerankd keys revoke", "rerankd keys list", "helm install", "helm upgrade"}
+    ran |= {"kubectl get secret", "kubectl create secret", "kubectl ScaledObject", "kubectl Deployment"}
     assert ran <= day.kinds
 
 
@@ -299,7 +303,11 @@ def test_the_walk_fails_on_a_name_the_chart_does_not_make(tmp_path: Path) -> Non
     """Guards the test above: a Secret name the chart does not render is caught."""
     day = Day(tmp_path, values_files(section(), tmp_path))
     rendered_release(day, shlex.split("helm install rerank helm/rerankd -n search -f day-values.yaml"))
-    with pytest.raises(AssertionError):
-        kubectl(day, shlex.split("kubectl -n search get secret rerank-api-key -o jsonpath='{.data.api-key}'"))
+    good = "kubectl -n search get secret rerank-rerankd-api-key -o jsonpath='{.data.api-key}'"
+    kubectl(day, shlex.split(good))
+    with pytest.raises(AssertionError, match="expected one Secret"):
+        kubectl(day, shlex.split(good.replace("rerank-rerankd-api-key", "rerank-api-key")))
+    with pytest.raises(AssertionError, match="api-key"):
+        kubectl(day, shlex.split(good.replace(".data.api-key", ".data.key")))
     with pytest.raises(AssertionError):
         kubectl(day, shlex.split("kubectl -n search rollout status deployment/rerank"))
