@@ -1,10 +1,15 @@
-"""The chart README lists exactly the values in values.yaml, with the same defaults."""
+"""The chart README lists exactly the values in values.yaml, with the same defaults, and its value
+tables are the ones scripts/chart_readme.py makes from the comments in values.yaml."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -65,6 +70,37 @@ def test_documented_defaults_match_values_yaml() -> None:
 
 def test_deploy_guide_covers_the_operations() -> None:
     text = (ROOT / "docs" / "deploy.md").read_text()
-    for heading in ("Install on a GPU cluster", "Scale out", "Multi-GPU", "Upgrade", "Roll back", "Images"):
+    headings = ("Install on a GPU cluster", "Scale out", "Multi-GPU", "Upgrade", "Roll back", "Images")
+    day = ("An operator.s day", "Install", "Watch", "Scale", "Rotate a key")
+    for heading in (*headings, *day):
         assert re.search(rf"^#+ .*{heading}", text, re.M | re.I), heading
     assert "cannot be built" in text  # no Docker engine here: the guide must say so
+
+
+def _readme_script(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "scripts" / "chart_readme.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_the_values_tables_are_generated_from_values_yaml() -> None:
+    proc = _readme_script("--check")
+    assert proc.returncode == 0, proc.stderr  # run scripts/chart_readme.py after editing values.yaml
+
+
+def test_the_check_sees_a_changed_comment_and_a_missing_one(tmp_path: Path) -> None:
+    """Guards the test above against a check that passes everything."""
+    chart = tmp_path / "rerankd"
+    shutil.copytree(CHART, chart)
+    values = chart / "values.yaml"
+    text = values.read_text()
+    values.write_text(text.replace("# -- Service type.", "# -- The Service's type."))
+    proc = _readme_script("--check", "--chart", str(chart))
+    assert proc.returncode == 1
+    assert "not current" in proc.stderr
+    assert _readme_script("--chart", str(chart)).returncode == 0  # regenerate
+    assert "| `service.type` | `ClusterIP` | The Service's type. |" in (chart / "README.md").read_text()
+
+    values.write_text(text.replace("  # -- Service type.\n", ""))
+    proc = _readme_script("--check", "--chart", str(chart))
+    assert proc.returncode != 0
+    assert "no `# --` description for: service.type" in proc.stderr

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
+import subprocess
+import sys
+import tomllib
 from typing import Any
 
 import pytest
@@ -120,20 +125,23 @@ def test_keys_from_an_existing_secret_are_mounted_as_a_file() -> None:
 def test_keys_from_values_live_only_in_the_secret() -> None:
     values = CI["scaling"]
     keys_text = yaml.safe_load(values.read_text())["auth"]["keysFile"]
+    digest = json.loads(keys_text)["keys"][0]["digest"]
     rendered = render([values])
     secret = rendered.get("Secret", "r-rerankd-keys")
     assert base64.b64decode(secret["data"]["keys"]).decode() == keys_text
     volume, mount = _keys_volume(rendered)
     assert volume["secret"]["secretName"] == "r-rerankd-keys"
     assert config_file(rendered)["keys_file"] == f"{mount['mountPath']}/keys"
-    _assert_not_in_env_or_args(container(rendered), "r-rerankd-keys", "sha256:0f1e2d3c")
+    _assert_not_in_env_or_args(container(rendered), "r-rerankd-keys", digest)
     # Nowhere else in the manifest: not in the ConfigMap, not in annotations.
     others = [o for o in rendered.objects if o is not secret]
-    assert "0f1e2d3c" not in yaml.safe_dump_all(others)
+    assert digest not in yaml.safe_dump_all(others)
 
 
 def test_without_auth_rerankd_runs_with_auth_off_and_mounts_no_keys() -> None:
-    rendered = render()
+    rendered = render(sets={"auth.enabled": "false"})
+    assert not rendered.has("Secret")
+    assert "RERANKD_API_KEY" not in env_of(container(rendered))
     assert config_file(rendered) == {"auth": "off"}
     assert "keys" not in [
         v["name"] for v in rendered.get("Deployment")["spec"]["template"]["spec"]["volumes"]
@@ -334,7 +342,7 @@ def test_hpa_service_monitor_and_network_policy() -> None:
         "name": "r-rerankd",
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
-    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource", "Pods"]
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["External"]  # queue depth, no CPU
 
     # kubernetes-validate has no schema for this CRD, so its shape is checked here.
     monitor = rendered.get("ServiceMonitor")
@@ -375,7 +383,15 @@ def test_hpa_service_monitor_and_network_policy() -> None:
 
 def test_optional_objects_are_off_by_default() -> None:
     kinds = {o["kind"] for o in render().objects}
-    assert kinds == {"ConfigMap", "Deployment", "Pod", "PodDisruptionBudget", "Service", "ServiceAccount"}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Pod",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    }  # the Secret is the generated API key
 
 
 def test_notes_show_how_to_call_the_service() -> None:
@@ -384,9 +400,102 @@ def test_notes_show_how_to_call_the_service() -> None:
     assert "http://r-rerankd.rr.svc:8080" in notes
     assert "/v2/rerank" in notes
     assert '"model": "all-MiniLM-L6-v2"' in notes
-    assert "WARNING: auth.enabled is false" in notes
+    assert "WARNING" not in notes
+    # How to read the generated key, and the request that uses it.
+    assert "get secret r-rerankd-api-key -o jsonpath='{.data.api-key}' | base64 -d" in notes
+    assert "authorization: Bearer $RERANKD_API_KEY" in notes
+    off = helm("install", "r", str(CHART), "--dry-run=client", "-n", "rr", "--set", "auth.enabled=false")
+    assert "WARNING: auth.enabled is false" in off.stdout
     out = helm("install", "r", str(CHART), "--dry-run=client", "-n", "rr", "-f", str(CI["scaling"])).stdout
     notes = out[out.index("NOTES:") :]
     assert "authorization: Bearer" in notes
     assert '"model": "qwen3-reranker"' in notes
     assert "WARNING" not in notes
+
+
+# -- Ingress and chart metadata ------------------------------------------------------------------
+
+
+def test_no_ingress_by_default_and_one_to_the_service_when_asked() -> None:
+    assert not render().has("Ingress")
+    rendered = render([CI["scaling"]])
+    ingress = rendered.get("Ingress", "r-rerankd")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "rerank-example-tls", "hosts": ["rerank.example.com"]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "rerank.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    service = rendered.get("Service", "r-rerankd")
+    assert path["backend"]["service"]["name"] == service["metadata"]["name"]
+    port = path["backend"]["service"]["port"]["name"]
+    assert port in [p["name"] for p in service["spec"]["ports"]]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "16m"
+    # Without a host the rule matches every host, and no TLS block is rendered.
+    bare = render(sets={"ingress.enabled": "true"}).get("Ingress")
+    assert "tls" not in bare["spec"]
+    assert "host" not in bare["spec"]["rules"][0]
+
+
+def test_chart_metadata_for_artifact_hub() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    for field in ("home", "sources", "maintainers"):
+        assert chart[field], field
+    notes = chart["annotations"]
+    project = tomllib.loads((CHART.parents[1] / "pyproject.toml").read_text())["project"]
+    assert notes["artifacthub.io/license"] == project["license"]
+    # Artifact Hub reads these annotations as YAML lists of a fixed shape.
+    for change in yaml.safe_load(notes["artifacthub.io/changes"]):
+        assert change["kind"] in {"added", "changed", "deprecated", "removed", "fixed", "security"}
+        assert change["description"]
+    for link in yaml.safe_load(notes["artifacthub.io/links"]):
+        assert set(link) == {"name", "url"}
+        assert link["url"].startswith("https://")
+    (image,) = yaml.safe_load(notes["artifacthub.io/images"])
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    redis = values["redis"]["bundled"]["image"]
+    assert image["image"] == f"{redis['repository']}:{redis['tag']}"  # kept in step with values
+    # No rerankd image is published: the chart says so, and is marked a pre-release.
+    assert notes["artifacthub.io/prerelease"] == "true"
+
+
+# -- model download init container ---------------------------------------------------------------
+
+
+def test_download_init_container_fetches_the_hub_models_onto_the_model_volume() -> None:
+    assert "initContainers" not in render().get("Deployment")["spec"]["template"]["spec"]
+    sets = {"models[1].name": "local", "models[1].path": "/models/local-reranker"}
+    rendered = render([CI["external-redis"]], sets)
+    spec = rendered.get("Deployment", "r-rerankd")["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["rerankd", "download"]
+    assert init["args"] == ["Qwen/Qwen3-Reranker-0.6B@main"]  # the folder is not a hub id
+    main = container(rendered)
+    assert init["image"] == main["image"]
+    # Where it writes is where rerankd reads: the same volume at the same HF_HOME.
+    assert env_of(init)["HF_HOME"] == env_of(main)["HF_HOME"]
+    assert env_of(init)["HF_TOKEN"]["valueFrom"] == env_of(main)["HF_TOKEN"]["valueFrom"]
+    models_mount = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["models"]
+    assert models_mount == {m["name"]: m["mountPath"] for m in main["volumeMounts"]}["models"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_download_needs_a_writable_volume_and_a_hub_model() -> None:
+    sets = {"modelCache.download.enabled": "true", "modelCache.readOnly": "true"}
+    sets |= {"models[0].name": "a", "models[0].path": "Qwen/Qwen3-Reranker-0.6B"}
+    assert "cannot be readOnly" in render_error(sets=sets)
+    sets = {"modelCache.download.enabled": "true", "models[0].name": "a", "models[0].path": "/models/a"}
+    assert "no models[].path is a hub id" in render_error(sets=sets)
+
+
+def test_the_download_command_is_one_rerankd_accepts() -> None:
+    """Runs once this rerankd has `rerankd download` (added beside the chart's init container)."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "rerankd", "download", "--help"], capture_output=True, text=True, timeout=60
+    )
+    if probe.returncode != 0:
+        pytest.skip("this rerankd has no `download` command yet")
+    init = render([CI["external-redis"]]).get("Deployment")["spec"]["template"]["spec"]["initContainers"][0]
+    assert "OWNER/NAME[@REVISION]" in probe.stdout  # the argument form the chart renders
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", a) for a in init["args"])

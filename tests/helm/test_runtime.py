@@ -63,8 +63,9 @@ def test_rendered_config_file_loads_in_rerankd(name: str, tmp_path: Path) -> Non
 
 
 def test_container_command_serves_and_helm_test_passes(tmp_path: Path) -> None:
-    """The CPU value set: the pod's args and env, run here, then the `helm test` pod's script."""
-    rendered = render([CI["cpu"]])
+    """The CPU value set with auth off: the pod's args and env, run here, then the `helm test`
+    pod's script (test_api_key runs it with auth on and the generated key)."""
+    rendered = render([CI["cpu"]], {"auth.enabled": "false"})
     c = container(rendered)
     config = tmp_path / "rerankd.yaml"
     config.write_text(yaml.safe_dump(loadable_part(rendered_config(rendered))))

@@ -32,6 +32,9 @@ SCHEMA_VIOLATIONS: list[tuple[dict[str, str], str]] = [
     ({"redis.bundled.maxmemory": "1 GB"}, "/redis/bundled/maxmemory"),
     ({"serviceMonitor.interval": "often"}, "/serviceMonitor/interval"),
     ({"config.Bad-Key": "1"}, "Bad-Key"),
+    ({"autoscaling.keda.serverAddress": "prometheus:9090"}, "/autoscaling/keda/serverAddress"),
+    ({"autoscaling.queueDepthPerPod": "0"}, "/autoscaling/queueDepthPerPod"),
+    ({"auth.apiKey": "has space"}, "/auth/apiKey"),
 ]
 
 # Combinations the chart's own checks refuse, with the message that says what to change.
@@ -44,6 +47,12 @@ RENDER_FAILURES: list[tuple[dict[str, str], str]] = [
     ({"modelCache.type": "existingClaim"}, "needs modelCache.existingClaim"),
     ({"config.port": "9000"}, "config.port is set by the chart"),
     ({"auth.enabled": "true", "auth.keysFile": "k", "auth.existingSecret": "s"}, "not both"),
+    ({"autoscaling.enabled": "true", "autoscaling.keda.enabled": "true"}, "autoscaling.keda.serverAddress"),
+    (
+        {"autoscaling.enabled": "true", "autoscaling.queueDepthPerPod": "null"},
+        "the HPA needs a metric",
+    ),
+    ({"autoscaling.enabled": "true", "autoscaling.minReplicas": "5"}, "must not exceed"),
 ]
 
 

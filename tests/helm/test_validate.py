@@ -13,7 +13,7 @@ from tests.helm.chart import CI_VALUES, lint, render
 
 K8S_VERSION = "1.35.0"
 #: Kinds from CRDs, which kubernetes-validate has no schema for; test_objects checks their shape.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
 
 VALUE_SETS: list[Path | None] = [None, *CI_VALUES]
 IDS = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
@@ -31,7 +31,8 @@ def kubernetes_validate(manifest: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_ci_value_sets_cover_the_required_cases() -> None:
     names = {p.name for p in CI_VALUES}
-    assert {"external-redis-values.yaml", "cpu-values.yaml", "scaling-values.yaml"} <= names
+    required = ("external-redis", "cpu", "scaling", "keda")
+    assert {f"{name}-values.yaml" for name in required} <= names
 
 
 @pytest.mark.parametrize("values", VALUE_SETS, ids=IDS)

@@ -94,6 +94,13 @@ app.kubernetes.io/component: cache
 {{- if and .Values.auth.enabled (or .Values.auth.keysFile .Values.auth.existingSecret) -}}true{{- end -}}
 {{- end -}}
 
+{{/* A static API key (Secret <fullname>-api-key) is kept when auth is on and no keys file is mounted. */}}
+{{- define "rerankd.staticKey" -}}
+{{- if and .Values.auth.enabled .Values.auth.generateKey (not (include "rerankd.keysMounted" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "rerankd.apiKeySecretName" -}}{{ include "rerankd.fullname" . }}-api-key{{- end -}}
+
 {{- define "rerankd.hubSecretName" -}}
 {{- default (printf "%s-hub" (include "rerankd.fullname" .)) .Values.hub.existingSecret -}}
 {{- end -}}
@@ -148,6 +155,24 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- toYaml $cfg -}}
 {{- end -}}
 
+{{/* Labels of this release's rerankd_queue_depth series in Prometheus (set by the ServiceMonitor's scrape). */}}
+{{- define "rerankd.queueSeriesLabels" -}}
+{{- if .Values.autoscaling.external.matchLabels -}}
+{{- toYaml .Values.autoscaling.external.matchLabels -}}
+{{- else -}}
+service: {{ include "rerankd.fullname" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* The hub ids (owner/name[@revision]) of models[], for `rerankd download`; folders are skipped. */}}
+{{- define "rerankd.hubModels" -}}
+{{- range .Values.models -}}
+{{- if regexMatch "^[A-Za-z0-9][\\w.-]*/[\\w.-]+$" .path }}
+- {{ if .revision }}{{ printf "%s@%s" .path .revision | quote }}{{ else }}{{ .path | quote }}{{ end }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Render-time checks of combinations a JSON schema cannot express clearly. */}}
 {{- define "rerankd.validate" -}}
 {{- if and .Values.redis.bundled.enabled .Values.redis.external.url -}}
@@ -176,6 +201,29 @@ the env var defined just before, so the password never appears in the pod spec o
 {{- $drain := add (int .Values.preStopSleepSeconds) $grace -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + rerankd's %d s drain, config.shutdown_grace_s (%d)" (int .Values.terminationGracePeriodSeconds) $grace $drain) -}}
+{{- end -}}
+{{- $a := .Values.autoscaling -}}
+{{- if and $a.enabled $a.keda.enabled -}}
+{{- if not $a.queueDepthPerPod -}}
+{{- fail "autoscaling.keda scales on the queue depth: set autoscaling.queueDepthPerPod" -}}
+{{- end -}}
+{{- if not $a.keda.serverAddress -}}
+{{- fail "autoscaling.keda.serverAddress: the URL of the Prometheus that scrapes rerankd" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $a.enabled (not $a.keda.enabled) (not (or $a.queueDepthPerPod $a.targetCPUUtilizationPercentage $a.metrics)) -}}
+{{- fail "autoscaling: the HPA needs a metric: autoscaling.queueDepthPerPod, targetCPUUtilizationPercentage or metrics" -}}
+{{- end -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if .Values.modelCache.download.enabled -}}
+{{- if .Values.modelCache.readOnly -}}
+{{- fail "modelCache.download writes to the model volume: it cannot be readOnly" -}}
+{{- end -}}
+{{- if not (include "rerankd.hubModels" .) -}}
+{{- fail "modelCache.download: no models[].path is a hub id (owner/name) to download" -}}
+{{- end -}}
 {{- end -}}
 {{- if and (eq .Values.modelCache.type "existingClaim") (not .Values.modelCache.existingClaim) -}}
 {{- fail "modelCache.type existingClaim needs modelCache.existingClaim" -}}
