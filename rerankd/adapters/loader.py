@@ -24,7 +24,7 @@ __all__ = [
 
 EMBEDDED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: Bump when a change to prompts, heads or chunking changes scores: it invalidates cached pairs.
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"
 # What a rerank model needs from a hub repository; skips other weight formats (onnx, openvino, ...).
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*"]
 # A tokenizer's "no limit" is a huge sentinel; such values must not become the context length.

@@ -266,3 +266,46 @@ def test_format_set_explicitly_where_config_json_does_not_tell(
     got = {r["index"]: r["relevance_score"] for r in results}
     assert max(abs(got[i] - theirs[i]) for i in range(6)) < TOL
     assert all(math.isfinite(v) for v in got.values())
+
+
+def test_model_format_setting_from_flags_env_and_validation() -> None:
+    from rerankd.cli import serve_settings
+    from rerankd.config import load_settings
+
+    flags = ["--model", "a=/m/a", "--model", "b=/m/b", "--model-format", "a=mxbai-rerank-v2"]
+    assert serve_settings(flags).model_formats == {"a": "mxbai-rerank-v2"}
+    env = {"RERANKD_MODELS": "a=/m/a", "RERANKD_MODEL_FORMATS": "a=bge-reranker-v2-gemma"}
+    assert load_settings(env=env).model_formats == {"a": "bge-reranker-v2-gemma"}
+    with pytest.raises(ConfigError, match="model_formats"):
+        serve_settings([*flags, "--model-format", "c=cross-encoder"])  # no model c
+    with pytest.raises(ConfigError, match="invalid setting"):
+        serve_settings(["--model", "a=/m/a", "--model-format", "a=no-such-format"])
+    with pytest.raises(ConfigError, match="NAME=FORMAT"):
+        serve_settings(["--model", "a=/m/a", "--model-format", "mxbai-rerank-v2"])
+
+
+@pytest.mark.parametrize("kind", ["mxbai-rerank-v2", "bge-reranker-v2-gemma"])
+def test_token_bound_covers_the_pair_prompts(kind: str) -> None:
+    """Token limits reserve a request's tokens before scoring: the bound must hold for these
+    prompts too, whose fixed text is longer than Qwen3's. A byte-level tokenizer without merges
+    (one token per byte) is the worst case the bound is made for."""
+    from rerankd.adapters.formats import make_format
+    from rerankd.estimate import token_bound
+    from tests.fixtures.tiny_qwen3 import train_tokenizer
+
+    bytes_only = train_tokenizer(["yes", "no"], 262)  # the 256 bytes, 3 specials, "yes" and "no"
+    fmt = make_format(kind, bytes_only, 8192)
+    docs = ["", "Yes", "a"]
+    for opts in (EncodeOptions(), EncodeOptions(instruction="Find fruit")):
+        encoded = fmt.encode("q", docs, opts)
+        if opts.instruction is None:  # (bge's instruction replaces its long task prompt)
+            assert encoded.n_tokens > 3 * 140  # about one token per byte of each prompt
+        assert token_bound(fmt.kind, 8192, "q", docs, opts) >= encoded.n_tokens
+
+
+def test_vllm_engines_refuse_the_pair_prompt_formats(family_dir: Callable[[str], Path]) -> None:
+    from rerankd.adapters.vllm_engine import VLLMOptions, prepare
+
+    source = resolve_model(ModelConfig(name="m", path=str(family_dir("mxbai-v2"))))
+    with pytest.raises(ConfigError, match="torch engine only"):
+        prepare(source, VLLMOptions())
