@@ -30,6 +30,13 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--alias", dest="aliases", action="append", metavar="ALIAS=MODEL", help="extra model name")
     p.add_argument(
+        "--model-format",
+        dest="model_formats",
+        action="append",
+        metavar="NAME=FORMAT",
+        help="a served model's format where its config.json does not tell (docs/engines.md)",
+    )
+    p.add_argument(
         "--engine",
         choices=["auto", "torch", "vllm", "vllm-sync", "remote"],
         help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
@@ -138,6 +145,11 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
         if any(not sep for _, sep, _ in pairs):
             raise ConfigError("--alias takes ALIAS=MODEL")
         flags["aliases"] = {a: m for a, _, m in pairs}
+    if "model_formats" in flags:
+        pairs = [f.partition("=") for f in flags["model_formats"]]
+        if any(not sep for _, sep, _ in pairs):
+            raise ConfigError("--model-format takes NAME=FORMAT")
+        flags["model_formats"] = {n.strip(): f.strip() for n, _, f in pairs}
     if "upstreams" in flags:
         flags["upstreams"] = [u for item in flags["upstreams"] for u in split_csv(item)]
     if "api_keys" in flags:

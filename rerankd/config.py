@@ -28,7 +28,9 @@ __all__ = [
 
 ENV_PREFIX = "RERANKD_"
 
-Format = Literal["auto", "llm-yes-no", "cross-encoder", "bi-encoder"]
+Format = Literal[
+    "auto", "llm-yes-no", "cross-encoder", "bi-encoder", "mxbai-rerank-v2", "bge-reranker-v2-gemma"
+]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -137,6 +139,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     enforce_eager: bool = False
     #: The query prefix every pair of a request shares is computed once (causal models only).
     enable_prefix_caching: bool = True
+    #: Model formats by served model name, for models whose config.json does not tell
+    #: (``--model-format NAME=FORMAT``); a model's own ``format`` in a settings file does the same.
+    model_formats: dict[str, Format] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -146,6 +151,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         for alias, target in self.aliases.items():
             if self.models and target not in names:
                 raise ValueError(f"alias {alias!r} points to {target!r}, which is not a served model")
+        for model in self.model_formats:
+            if self.models and model not in names:
+                raise ValueError(f"model_formats names {model!r}, which is not a served model")
         if self.api_keys and self.keys_file:
             raise ValueError("give static keys (api_keys) or a keys file (keys_file), not both")
         if self.engine == "remote" and not (self.upstreams and self.models):
@@ -156,7 +164,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 # Keys whose env/flag form is a comma-separated list or NAME=VALUE map.
 _LIST_KEYS = {"models"}
-_MAP_KEYS = {"aliases"}
+_MAP_KEYS = {"aliases", "model_formats"}
 _CSV_KEYS = {"upstreams", "api_keys"}
 # Singular env names that read naturally for one value.
 _ENV_SINGULAR = {"model": "models", "upstream": "upstreams", "api_key": "api_keys"}

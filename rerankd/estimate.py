@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rerankd.adapters.formats import EncodeOptions
-from rerankd.adapters.prompts import TEMPLATES
+from rerankd.adapters.prompts import PAIR_PROMPTS, TEMPLATES
 
 __all__ = ["SPECIALS", "token_bound"]
 
@@ -28,6 +28,14 @@ _TEMPLATE_BYTES = max(
     + 1
     + len(t.suffix.encode())
     for t in TEMPLATES.values()
+)
+# Prompts that tokenize query and document apart: all their fixed text, separators included.
+_TEMPLATE_BYTES = max(
+    _TEMPLATE_BYTES,
+    *(
+        len((p.prefix + p.query + p.document + 2 * p.sep + p.task + p.suffix).encode()) + 1
+        for p in PAIR_PROMPTS.values()
+    ),
 )
 _DEFAULT_INSTRUCTION_BYTES = max(len(t.default_instruction.encode()) for t in TEMPLATES.values())
 

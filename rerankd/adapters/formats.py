@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from rerankd.adapters.prompts import QWEN3, PromptTemplate
+from rerankd.adapters.prompts import BGE_GEMMA, MXBAI_V2, QWEN3, PairPrompt, PromptTemplate
 
 __all__ = [
     "CHARS_PER_TOKEN",
     "FORMATS",
+    "LLM_KINDS",
+    "BgeGemmaFormat",
     "BiEncoderFormat",
     "CrossEncoderFormat",
     "EncodeOptions",
@@ -25,12 +27,16 @@ __all__ = [
     "FormatKind",
     "LLMYesNoFormat",
     "ModelFormat",
+    "MxbaiV2Format",
+    "PairPromptFormat",
     "make_format",
     "sigmoid",
     "windows",
 ]
 
-FormatKind = Literal["llm-yes-no", "cross-encoder", "bi-encoder"]
+FormatKind = Literal["llm-yes-no", "cross-encoder", "bi-encoder", "mxbai-rerank-v2", "bge-reranker-v2-gemma"]
+#: Formats of causal-LM rerankers, scored from the answer tokens' logits at the last position.
+LLM_KINDS: frozenset[str] = frozenset({"llm-yes-no", "mxbai-rerank-v2", "bge-reranker-v2-gemma"})
 
 #: Characters kept per token a document may need, before tokenizing (text averages about four).
 CHARS_PER_TOKEN = 8
@@ -245,9 +251,16 @@ class CrossEncoderFormat(ModelFormat):
         return len(self.tokenizer(query, add_special_tokens=False)["input_ids"]), self.max_length // 2
 
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
-        query = self._short_query(query)
         docs = self._cap_texts(documents, opts.max_tokens_per_doc)
         chunked = opts.max_chunks > 1
+        if opts.truncation_side == "right" and not chunked:
+            # sentence-transformers' CrossEncoder truncation: the longer of query and document
+            # loses tokens first, so a long query keeps half the room and the document the rest.
+            enc = self.tokenizer(
+                [query] * len(docs), docs, truncation="longest_first", max_length=self.max_length
+            )
+            return _limit_chunks(enc, len(docs), 1, False)
+        query = self._short_query(query)
         if opts.truncation_side == "left" and not chunked:
             n_query = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
             room = self.max_length - n_query - self.tokenizer.num_special_tokens_to_add(pair=True)
@@ -304,6 +317,120 @@ class BiEncoderFormat(ModelFormat):
         return (raw + 1.0) / 2.0
 
 
+class PairPromptFormat(ModelFormat):
+    """LLM rerankers whose reference tokenizes the query and the document apart and cuts each to
+    its own budget (mxbai-rerank-v2, bge-reranker-v2-gemma): ``prompt`` gives the strings, the
+    subclass how ``max_length`` (rerankd's: the whole sequence) splits into budgets.
+
+    Both references cut the query part to 3/4 of their ``max_length`` (``budget`` here), the
+    document to ``budget``, then the pair ``(query, sep + document)`` to a joint length by
+    trimming the document's end; the task prompt is appended after that cut, so it always survives.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, prompt: PairPrompt) -> None:
+        super().__init__(tokenizer, max_length)
+        self.prompt = prompt
+        self.prefix_ids = self._ids(prompt.prefix) if prompt.prefix else []
+        self.sep_ids = self._ids(prompt.sep)
+        self.suffix_ids = self._ids(prompt.suffix) if prompt.suffix else []
+        self.bos_ids: list[int] = []
+        bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+        if prompt.bos and bos is not None and bos != pad:
+            self.bos_ids = [bos]
+        # The reference takes the first token of each answer word.
+        self.yes_id = self._ids(prompt.yes_token)[0]
+        self.no_id: int | None = self._ids(prompt.no_token)[0] if prompt.no_token else None
+        self._task_ids: dict[str | None, list[int]] = {None: self._ids(prompt.task)}
+        if self.budget(None) < 8:
+            raise ValueError(f"max_length {max_length} leaves no room for the query and the document")
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def task_ids(self, instruction: str | None) -> list[int]:
+        key = instruction if self.prompt.render_task(instruction) != self.prompt.task else None
+        if key not in self._task_ids:
+            self._task_ids[key] = self._ids(self.prompt.render_task(instruction))
+        return self._task_ids[key]
+
+    @abstractmethod
+    def budget(self, instruction: str | None) -> int:
+        """The reference's ``max_length`` that makes its longest sequence ``self.max_length``."""
+
+    @abstractmethod
+    def joint_length(self, instruction: str | None) -> int:
+        """The most tokens of ``bos + query + sep + document``, before the task prompt is added."""
+
+    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
+        n = len(self._ids(self.prompt.render_query(query, opts.instruction)))
+        return n, self.budget(opts.instruction) * 3 // 4
+
+    def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        budget = self.budget(opts.instruction)
+        first = self.bos_ids + self._ids(self.prompt.render_query(query, opts.instruction))[: budget * 3 // 4]
+        tail = self.sep_ids + self.task_ids(opts.instruction) + self.suffix_ids
+        room = self.joint_length(opts.instruction) - len(first) - len(self.sep_ids)
+        texts = [
+            self.prompt.document.format(document=d)
+            for d in self._cap_texts(documents, opts.max_tokens_per_doc)
+        ]
+        left = opts.truncation_side == "left" and opts.max_chunks <= 1
+        ids: list[list[int]] = []
+        owner: list[int] = []
+        for i, doc in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            if left:
+                parts = [doc[-min(budget, room) :]]  # the document's last tokens
+            else:
+                parts = windows(doc[:budget] if opts.max_chunks <= 1 else doc, room, opts.max_chunks)
+            for part in parts:
+                ids.append(self.prefix_ids + first + self.sep_ids + part + tail)
+                owner.append(i)
+        return Encoded(ids=ids, owner=owner, n_documents=len(documents))
+
+
+class MxbaiV2Format(PairPromptFormat):
+    """mxbai-rerank-v2 (Qwen2): P("1") over {"0", "1"}; the raw score is logit("1") - logit("0"),
+    which is what ``MxbaiRerankV2.predict`` returns.
+
+    The package's ``max_length`` counts the query and document part only: here it is
+    ``max_length`` less the prompt's fixed tokens (chat prefix, separators, task, suffix)."""
+
+    kind = "mxbai-rerank-v2"
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        super().__init__(tokenizer, max_length, MXBAI_V2)
+
+    def budget(self, instruction: str | None) -> int:
+        # The package's "predefined length": everything but the query, the first separator and
+        # the document. The instruction joins the query, so the budget does not depend on it.
+        fixed = len(self.prefix_ids) + len(self.sep_ids) + len(self.task_ids(None)) + len(self.suffix_ids)
+        return self.max_length - fixed
+
+    def joint_length(self, instruction: str | None) -> int:
+        return self.budget(instruction)
+
+
+class BgeGemmaFormat(PairPromptFormat):
+    """bge-reranker-v2-gemma: sigmoid(logit("Yes")); the raw score is the logit itself, which is
+    what ``FlagLLMReranker.compute_score`` returns (``normalize=True``: the sigmoid).
+
+    FlagEmbedding cuts ``bos + query + sep + passage`` to ``max_length + len(sep) + len(prompt)``
+    tokens and then appends ``sep + prompt``: its longest sequence is ``max_length + 2 * (len(sep)
+    + len(prompt))``, so its ``max_length`` is rerankd's less twice the separator and task prompt.
+    A request's instruction replaces the task prompt, as FlagEmbedding's ``prompt`` argument."""
+
+    kind = "bge-reranker-v2-gemma"
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        super().__init__(tokenizer, max_length, BGE_GEMMA)
+
+    def budget(self, instruction: str | None) -> int:
+        return self.max_length - 2 * (len(self.sep_ids) + len(self.task_ids(instruction)))
+
+    def joint_length(self, instruction: str | None) -> int:
+        return self.budget(instruction) + len(self.sep_ids) + len(self.task_ids(instruction))
+
+
 def sigmoid(x: float) -> float:
     """Without overflow for large logits of either sign."""
     if x >= 0:
@@ -331,7 +458,7 @@ def _limit_chunks(enc: Any, n_docs: int, max_chunks: int, chunked: bool) -> Enco
 
 
 FORMATS: dict[str, type[ModelFormat]] = {
-    f.kind: f for f in (LLMYesNoFormat, CrossEncoderFormat, BiEncoderFormat)
+    f.kind: f for f in (LLMYesNoFormat, CrossEncoderFormat, BiEncoderFormat, MxbaiV2Format, BgeGemmaFormat)
 }
 
 
@@ -343,4 +470,8 @@ def make_format(kind: str, tokenizer: Any, max_length: int) -> ModelFormat:
         return CrossEncoderFormat(tokenizer, max_length)
     if kind == "bi-encoder":
         return BiEncoderFormat(tokenizer, max_length)
+    if kind == "mxbai-rerank-v2":
+        return MxbaiV2Format(tokenizer, max_length)
+    if kind == "bge-reranker-v2-gemma":
+        return BgeGemmaFormat(tokenizer, max_length)
     raise ValueError(f"no local model format {kind!r}")

@@ -6,9 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from rerankd.adapters.formats import FormatKind
+from rerankd.adapters.formats import LLM_KINDS, FormatKind
 from rerankd.config import ModelConfig
 from rerankd.errors import ConfigError
 
@@ -24,7 +24,7 @@ __all__ = [
 
 EMBEDDED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: Bump when a change to prompts, heads or chunking changes scores: it invalidates cached pairs.
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"
 # What a rerank model needs from a hub repository; skips other weight formats (onnx, openvino, ...).
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*"]
 # A tokenizer's "no limit" is a huge sentinel; such values must not become the context length.
@@ -77,17 +77,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+#: Causal-LM rerankers told apart by their base model's type: each family has its own prompt and
+#: score. A causal LM of any other type is taken for a Qwen3-Reranker-style yes/no model.
+LLM_FORMATS_BY_MODEL_TYPE: dict[str, FormatKind] = {
+    "qwen3": "llm-yes-no",  # Qwen/Qwen3-Reranker-*
+    "qwen2": "mxbai-rerank-v2",  # mixedbread-ai/mxbai-rerank-{base,large}-v2
+    "gemma": "bge-reranker-v2-gemma",  # BAAI/bge-reranker-v2-gemma
+}
+
+
 def detect_format(path: Path, hf_config: dict[str, Any]) -> FormatKind:
     archs = [str(a) for a in hf_config.get("architectures") or []]
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "cross-encoder"
     if any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs):
-        return "llm-yes-no"
+        return LLM_FORMATS_BY_MODEL_TYPE.get(str(hf_config.get("model_type")), "llm-yes-no")
     if (path / "modules.json").exists() or any(a.endswith("Model") for a in archs):
         return "bi-encoder"
     raise ConfigError(
         f"cannot tell the format of the model in {path} (architectures: {archs or 'none'}); "
-        "set it with format: llm-yes-no | cross-encoder | bi-encoder"
+        "set it (format: in a model's settings, or --model-format NAME=FORMAT) to one of: "
+        + ", ".join(sorted(get_args(FormatKind)))
     )
 
 
@@ -98,7 +108,7 @@ def _max_length(path: Path, kind: FormatKind, hf_config: dict[str, Any]) -> int:
         hf_config.get("max_position_embeddings"),
     ]
     lengths = [int(c) for c in candidates if isinstance(c, int | float) and 0 < c < _SANE_LENGTH]
-    if kind == "llm-yes-no":
+    if kind in LLM_KINDS:
         # The card's limit; the position table of LLMs is far longer than rerank prompts need.
         return min([_LLM_DEFAULT_MAX_LENGTH, *lengths])
     if not lengths:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 from rerankd.adapters.base import LocalEngine
-from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
+from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.errors import ConfigError
 from rerankd.scheduler import Finish, Scheduler
@@ -177,14 +178,18 @@ def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
 
 
 def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
-    """logit(yes) - logit(no) from the last hidden state and two rows of the output matrix, never the
-    full vocabulary; the format's sigmoid makes it P(yes)."""
+    """logit(yes) - logit(no) (or logit(yes) alone, for formats scored by one answer token) from
+    the last hidden state and those rows of the output matrix, never the full vocabulary; the
+    format's sigmoid makes it a probability."""
     from transformers import AutoModelForCausalLM
 
     model = _load_model(engine, AutoModelForCausalLM, src)
     fmt = engine.format
-    assert isinstance(fmt, LLMYesNoFormat)
-    rows = model.get_output_embeddings().weight[[fmt.yes_id, fmt.no_id]].detach().float().clone()
+    assert isinstance(fmt, LLMYesNoFormat | PairPromptFormat)
+    answers = [fmt.yes_id] if fmt.no_id is None else [fmt.yes_id, fmt.no_id]
+    rows = model.get_output_embeddings().weight[answers].detach().float().clone()
+    # Gemma 2 squashes its output logits; the answer logits must be squashed the same way.
+    cap = getattr(model.config, "final_logit_softcapping", None)
     decoder = _maybe_compile(engine, model.get_decoder())
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
@@ -194,8 +199,10 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
         hidden = decoder(input_ids=input_ids).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
         logits = last.float() @ rows.T
-        diff: torch.Tensor = logits[:, 0] - logits[:, 1]
-        return diff
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        out: torch.Tensor = logits[:, 0] if len(answers) == 1 else logits[:, 0] - logits[:, 1]
+        return out
 
     return head
 
@@ -205,12 +212,14 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
 
     model = _load_model(engine, AutoModelForSequenceClassification, src)
     n_labels = model.config.num_labels
+    # XLM-RoBERTa's and ModernBERT's tokenizers give no segment ids; ModernBERT takes none.
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
     model = _maybe_compile(engine, model)
     if n_labels not in (1, 2):
         raise ConfigError(f"model {src.name!r} has {n_labels} labels; a cross-encoder needs 1 or 2")
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-        kwargs = {"token_type_ids": types} if types is not None else {}
+        kwargs = {"token_type_ids": types} if types is not None and takes_types else {}
         logits = model(input_ids=input_ids, attention_mask=mask, **kwargs).logits.float()
         # Raw logits; the format's sigmoid gives softmax[1] for two labels: sigmoid(l1 - l0).
         raw: torch.Tensor = logits[:, 0] if n_labels == 1 else logits[:, 1] - logits[:, 0]
@@ -250,6 +259,8 @@ def _pooling_config(src: ModelSource) -> dict[str, Any]:
 
 _HEADS: dict[str, Callable[[TorchEngine, ModelSource], Head]] = {
     "llm-yes-no": _llm_head,
+    "mxbai-rerank-v2": _llm_head,
+    "bge-reranker-v2-gemma": _llm_head,
     "cross-encoder": _cross_head,
     "bi-encoder": _bi_head,
 }

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerankd.adapters.base import LocalEngine
-from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, ModelFormat, make_format
+from rerankd.adapters.formats import (
+    Encoded,
+    EncodeOptions,
+    LLMYesNoFormat,
+    ModelFormat,
+    PairPromptFormat,
+    make_format,
+)
 from rerankd.adapters.loader import ModelSource
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
@@ -155,6 +162,10 @@ def prepare(source: ModelSource, options: VLLMOptions) -> tuple[ModelFormat, Poo
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=source.config.trust_remote_code)
     max_length = min(source.max_length, options.max_model_len or source.max_length)
     fmt = make_format(source.format, tokenizer, max_length)
+    if isinstance(fmt, PairPromptFormat):
+        raise ConfigError(
+            f"model {source.name!r}: format {fmt.kind} runs on the torch engine only (--engine torch)"
+        )
     return fmt, PoolingPlan(source, fmt, options)
 
 
