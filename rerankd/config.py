@@ -137,6 +137,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     enforce_eager: bool = False
     #: The query prefix every pair of a request shares is computed once (causal models only).
     enable_prefix_caching: bool = True
+    # -- hub models (docs/deploy.md) --
+    #: Where hub models are downloaded and looked up (``rerankd download --cache-dir``); default:
+    #: huggingface_hub's cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
+    model_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
