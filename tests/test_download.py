@@ -128,3 +128,14 @@ def test_serve_binds_first_and_logs_download_progress(hub: FakeHub, tmp_path: Pa
     assert len(early_lines) == 1
     assert early_lines[0]["status"] == 503
     assert early_lines[0]["error"]
+
+
+def test_serve_of_a_missing_repo_exits_1_with_one_line(hub: FakeHub) -> None:
+    cmd = [sys.executable, "-m", "rerankd", "serve", "--port", "0", "--model", "acme/missing"]
+    env = {**os.environ, **_hub_env(hub)}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    reasons = [line for line in out.stderr.splitlines() if line.startswith("rerankd: cannot start")]
+    assert len(reasons) == 1
+    assert "cannot download 'acme/missing'" in reasons[0]
