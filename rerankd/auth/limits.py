@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -34,7 +34,7 @@ from rerankd.auth.keys import KeyRecord
 from rerankd.auth.store import REDIS_PREFIX, connect_redis
 from rerankd.errors import KeyStoreUnavailable
 
-__all__ = ["KeyUsage", "Limiter", "MemoryLimiter", "RedisLimiter"]
+__all__ = ["KeyUsage", "Limiter", "MemoryLimiter", "ModelDayUsage", "RedisLimiter"]
 
 
 class KeyUsage(msgspec.Struct, kw_only=True):
@@ -46,6 +46,16 @@ class KeyUsage(msgspec.Struct, kw_only=True):
     #: Requests refused with 429.
     rate_limited: int = 0
     last_used: datetime | None = None
+
+
+class ModelDayUsage(msgspec.Struct, kw_only=True, frozen=True):
+    """What a key's scored requests used of one model on one day (UTC)."""
+
+    day: date
+    model: str
+    requests: int = 0
+    search_units: int = 0
+    tokens: int = 0
 
 
 class Limiter(ABC):
@@ -61,16 +71,23 @@ class Limiter(ABC):
         else the seconds until they would, and the request counts as refused, not let through."""
 
     @abstractmethod
-    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+    async def settle(
+        self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int, model: str = ""
+    ) -> None:
         """Replace a reservation by what the request scored: the difference goes back to the
         bucket (or is taken from it), and the scored tokens and units count as usage."""
 
-    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int) -> None:
+    async def charge(self, key: KeyRecord, *, tokens: int, search_units: int, model: str = "") -> None:
         """Record a scored request's tokens, with nothing reserved for them."""
-        await self.settle(key, reserved=0, tokens=tokens, search_units=search_units)
+        await self.settle(key, reserved=0, tokens=tokens, search_units=search_units, model=model)
 
     @abstractmethod
     async def usage(self, name: str) -> KeyUsage: ...
+
+    @abstractmethod
+    async def usage_split(self, name: str) -> list[ModelDayUsage]:
+        """Scored requests, units and tokens by day and model, oldest day first. Counted since
+        this split was introduced: totals from before it show in :meth:`usage` only."""
 
     async def close(self) -> None:
         return None
@@ -103,6 +120,7 @@ class MemoryLimiter(Limiter):
     def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._usage: dict[str, KeyUsage] = {}
+        self._split: dict[tuple[str, date, str], list[int]] = {}
 
     def _bucket(self, name: str, kind: str, capacity: int, now: float) -> _Bucket:
         bucket = self._buckets.setdefault((name, kind), _Bucket(float(capacity), now))
@@ -139,16 +157,31 @@ class MemoryLimiter(Limiter):
         usage.rate_limited += 1
         return (min(tokens, key.tpm) - bucket.level) * 60.0 / key.tpm
 
-    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+    async def settle(
+        self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int, model: str = ""
+    ) -> None:
         if key.tpm:
             bucket = self._bucket(key.name, "tpm", key.tpm, time.monotonic())
             bucket.level = min(float(key.tpm), bucket.level + reserved - tokens)
         usage = self._usage.setdefault(key.name, KeyUsage())
         usage.tokens += tokens
         usage.search_units += search_units
+        if model:
+            counts = self._split.setdefault((key.name, datetime.now(UTC).date(), model), [0, 0, 0])
+            counts[0] += 1
+            counts[1] += search_units
+            counts[2] += tokens
 
     async def usage(self, name: str) -> KeyUsage:
         return msgspec.structs.replace(self._usage.get(name, KeyUsage()))
+
+    async def usage_split(self, name: str) -> list[ModelDayUsage]:
+        rows = [
+            ModelDayUsage(day=day, model=model, requests=c[0], search_units=c[1], tokens=c[2])
+            for (key, day, model), c in self._split.items()
+            if key == name
+        ]
+        return sorted(rows, key=lambda r: (r.day, r.model))
 
 
 # -- Redis -------------------------------------------------------------------------------------
@@ -211,7 +244,9 @@ return tostring((math.min(need, tpm) - l) * 60 / tpm)
 """
 )
 
-# KEYS: tpm bucket, usage. ARGV: tpm (0: no limit), reserved, tokens, search units.
+# KEYS: tpm bucket, usage, usage split. ARGV: tpm (0: no limit), reserved, tokens, search units,
+# model ("": a request that scored nothing). The split hash has one field per day (days since the
+# epoch by Redis' clock, UTC), model and count: "19693<TAB>model<TAB>tokens" (names hold no tabs).
 _SETTLE = (
     _LUA_COMMON
     + """
@@ -219,6 +254,12 @@ local tpm, reserved, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARG
 if tpm > 0 then store(KEYS[1], math.min(tpm, level(KEYS[1], tpm) + reserved - tokens), tpm) end
 redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
 redis.call('HINCRBY', KEYS[2], 'search_units', tonumber(ARGV[4]))
+if ARGV[5] ~= '' then
+  local field = tostring(math.floor(now / 86400)) .. '\t' .. ARGV[5] .. '\t'
+  redis.call('HINCRBY', KEYS[3], field .. 'requests', 1)
+  redis.call('HINCRBY', KEYS[3], field .. 'search_units', tonumber(ARGV[4]))
+  redis.call('HINCRBY', KEYS[3], field .. 'tokens', tokens)
+end
 return 0
 """
 )
@@ -228,6 +269,10 @@ def _keys(name: str) -> tuple[str, str, str]:
     # The {name} hash tag keeps one key's three entries in one Redis Cluster slot, as scripts need.
     base = f"{REDIS_PREFIX}{{{name}}}"
     return f"{base}:rpm", f"{base}:tpm", f"{base}:usage"
+
+
+def _split_key(name: str) -> str:
+    return f"{REDIS_PREFIX}{{{name}}}:usage:split"
 
 
 class RedisLimiter(Limiter):
@@ -266,10 +311,13 @@ class RedisLimiter(Limiter):
         wait = await self._run("check limits", lambda: self._reserve(keys=[tpm, usage], args=args))
         return float(wait)
 
-    async def settle(self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int) -> None:
+    async def settle(
+        self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int, model: str = ""
+    ) -> None:
         _, tpm, usage = _keys(key.name)
-        args = [key.tpm or 0, reserved, tokens, search_units]
-        await self._run("record usage", lambda: self._settle(keys=[tpm, usage], args=args))
+        args: list[int | str] = [key.tpm or 0, reserved, tokens, search_units, model]
+        keys = [tpm, usage, _split_key(key.name)]
+        await self._run("record usage", lambda: self._settle(keys=keys, args=args))
 
     async def usage(self, name: str) -> KeyUsage:
         raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_keys(name)[2]))
@@ -278,6 +326,18 @@ class RedisLimiter(Limiter):
         counts = {k: int(v) for k, v in fields.items() if k in KeyUsage.__struct_fields__}
         when = datetime.fromtimestamp(float(last), UTC) if last else None
         return KeyUsage(**counts, last_used=when)
+
+    async def usage_split(self, name: str) -> list[ModelDayUsage]:
+        raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_split_key(name)))
+        counts: dict[tuple[int, str], dict[str, int]] = {}
+        for field, value in raw.items():
+            day, model, what = field.decode().split("\t")
+            counts.setdefault((int(day), model), {})[what] = int(value)
+        epoch = date(1970, 1, 1)
+        return [
+            ModelDayUsage(day=epoch + timedelta(days=day), model=model, **c)
+            for (day, model), c in sorted(counts.items())
+        ]
 
     async def close(self) -> None:
         if self._own:

@@ -13,7 +13,7 @@ import os
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,15 @@ from redis.exceptions import RedisError
 from rerankd.auth.keys import KeyRecord, digest_of
 from rerankd.errors import KeyExists, KeyNotFound, KeyStoreUnavailable
 
-__all__ = ["REDIS_PREFIX", "FileKeyStore", "KeyStore", "RedisKeyStore", "StaticKeyStore", "connect_redis"]
+__all__ = [
+    "REDIS_PREFIX",
+    "FileKeyStore",
+    "KeyStore",
+    "LimitChanges",
+    "RedisKeyStore",
+    "StaticKeyStore",
+    "connect_redis",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ class KeyStore(ABC):
     async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
         """Mark a key revoked (kept on record for usage and audit); revoking twice keeps the first time."""
 
+    async def update(self, name: str, changes: LimitChanges) -> KeyRecord:
+        """Set or clear (``None``) a key's limits; servers apply them at their next reload."""
+        raise KeyStoreUnavailable(f"the limits in {self.description} cannot be changed here")
+
     async def close(self) -> None:
         return None
 
@@ -67,6 +79,20 @@ class KeyStore(ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+#: New limits by field (``rpm``, ``tpm``); ``None`` clears a limit, a missing field keeps it.
+LimitChanges = Mapping[str, int | None]
+_LIMIT_FIELDS = frozenset({"rpm", "tpm"})
+
+
+def _updated(record: KeyRecord | None, name: str, changes: LimitChanges) -> KeyRecord:
+    if record is None:
+        raise KeyNotFound(f"no key named {name!r}")
+    unknown = set(changes) - _LIMIT_FIELDS
+    if unknown:
+        raise ValueError(f"not a limit: {', '.join(sorted(unknown))}")
+    return msgspec.structs.replace(record, **changes)
 
 
 def _revoked(record: KeyRecord | None, name: str, when: datetime | None) -> KeyRecord:
@@ -107,6 +133,9 @@ class StaticKeyStore(KeyStore):
 
     async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
         raise KeyStoreUnavailable("static keys are set by --api-key; restart the server to change them")
+
+    async def update(self, name: str, changes: LimitChanges) -> KeyRecord:
+        raise KeyStoreUnavailable("static keys have no limits; use a keys file or Redis for limits")
 
 
 # -- keys file ---------------------------------------------------------------------------------
@@ -171,6 +200,15 @@ class FileKeyStore(KeyStore):
             raise KeyExists(f"a key named {record.name!r} already exists in {self.description}")
         data.keys.append(record)
         self._write(data)
+
+    async def update(self, name: str, changes: LimitChanges) -> KeyRecord:
+        data = self._read(missing_ok=False)
+        index = next((i for i, r in enumerate(data.keys) if r.name == name), None)
+        updated = _updated(None if index is None else data.keys[index], name, changes)
+        assert index is not None
+        data.keys[index] = updated
+        self._write(data)
+        return updated
 
     async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
         data = self._read(missing_ok=False)
@@ -242,6 +280,20 @@ class RedisKeyStore(KeyStore):
             raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
         if not added:
             raise KeyExists(f"a key named {record.name!r} already exists in Redis")
+
+    async def update(self, name: str, changes: LimitChanges) -> KeyRecord:
+        updated = _updated(await self.get(name), name, changes)
+        await self._put(updated)
+        return updated
+
+    async def _put(self, record: KeyRecord) -> None:
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._KEYS, record.name, msgspec.json.encode(record))
+                pipe.set(self._VERSION, uuid.uuid4().hex)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise KeyStoreUnavailable(f"cannot reach Redis: {exc}") from exc
 
     async def revoke(self, name: str, *, when: datetime | None = None) -> KeyRecord:
         current = await self.get(name)

@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from rerankd import __version__
 from rerankd.auth.gate import Gate, build_gate
 from rerankd.config import Settings
+from rerankd.errors import RerankdError
 from rerankd.proxy.auth import open_paths
 from rerankd.proxy.errors import RerankdRequest, exception_handlers
 from rerankd.proxy.metrics import Metrics, metrics_endpoint
@@ -54,7 +55,11 @@ def create_app(
                 return
             exc = task.exception()
             assert exc is not None
-            log.error("loading models failed: %s", exc, exc_info=exc)
+            # rerankd's own errors (a download refused, an engine that cannot start) say what went
+            # wrong in one line; anything else gets its traceback.
+            log.error(
+                "loading models failed: %s", exc, exc_info=None if isinstance(exc, RerankdError) else exc
+            )
             if on_fatal is not None:
                 on_fatal(exc)
 

@@ -44,6 +44,8 @@ class RequestContext:
     settled: bool = False
     #: A refusal raised after the middleware let the request in (a token reservation that did not fit).
     refusal: RerankdError | None = None
+    #: Why the request was answered with an error (the error's detail), for its log line.
+    error: str | None = None
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -98,7 +98,12 @@ class RerankdRequest(Request[Any, Any, Any]):
 
 
 def _handle_rerankd(request: Request[Any, Any, Any], exc: RerankdError) -> Response[ErrorBody]:
-    if exc.status_code >= 500:
+    ctx = context_of(request.scope)
+    if ctx is not None and ctx.routed:
+        # The request's own log line carries the status and this reason: one line per refusal
+        # (a 503 while models load is routine, and probes and clients retry it often).
+        ctx.error = exc.detail
+    elif exc.status_code >= 500:
         log.warning("request %s: %s (%s)", request_id_of(request), exc.status_code, exc.detail)
     return error_response(request, exc)
 

@@ -137,4 +137,5 @@ class RequestMiddleware:
             reserved=ctx.reserved_tokens,
             tokens=outcome.input_tokens if outcome is not None else 0,
             search_units=outcome.search_units if outcome is not None else 0,
+            model=outcome.model if outcome is not None else "",
         )

@@ -72,6 +72,7 @@ def finish(
         "cache_hits": outcome.cache_hits if outcome is not None else None,
         "status": status,
         "latency_ms": round(elapsed * 1000, 2) if elapsed is not None else None,
+        "error": ctx.error,
     }
     log.log(level, "%s %s %d", fields["method"], route, status, extra={"fields": fields})
 

@@ -82,7 +82,7 @@ async def _reserve(
     middleware settles the real count when the response starts."""
     bound = 0
     for query in queries:
-        source = service.sources[service.resolve(query.model)]
+        source = service.source(service.resolve(query.model))
         opts = query.options
         if not opts.instruction and source.config.instruction:
             opts = dataclasses.replace(opts, instruction=source.config.instruction)

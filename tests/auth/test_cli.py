@@ -83,3 +83,23 @@ def test_the_store_can_come_from_the_environment(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
     assert done.stdout.startswith("rk-")
     assert json.loads(path.read_text())["keys"][0]["name"] == "env"
+
+
+def test_update_changes_and_clears_limits_in_the_keys_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    store = ("--keys-file", str(path))
+    key = keys_cli("create", "--name", "app", "--rpm", "60", *store).stdout.strip()
+    done = keys_cli("update", "app", "--tpm", "9000", *store)
+    assert "updated key 'app'" in done.stderr
+    assert "rpm 60, tpm 9000" in done.stderr
+    keys_cli("update", "app", "--no-rpm", *store)
+    (record,) = json.loads(path.read_text())["keys"]
+    assert (record.get("rpm"), record["tpm"], record["digest"]) == (None, 9000, digest_of(key))
+    for args, message in [
+        (("update", "app", *store), "give --rpm, --tpm, --no-rpm or --no-tpm"),
+        (("update", "ghost", "--rpm", "1", *store), "no key named 'ghost'"),
+        (("update", "app", "--rpm", "1", "--no-rpm", *store), "not allowed with argument"),
+    ]:
+        failed = keys_cli(*args, check=False)
+        assert failed.returncode != 0
+        assert message in failed.stderr, failed.stderr

@@ -173,3 +173,21 @@ async def test_keys_without_a_token_limit_reserve_nothing(limiter: Limiter) -> N
     assert await limiter.reserve(k, 10**9) == 0.0
     await limiter.settle(k, reserved=0, tokens=5, search_units=1)
     assert (await limiter.usage("app")).tokens == 5
+
+
+async def test_usage_is_split_by_day_and_model(limiter: Limiter) -> None:
+    k = key("split")
+    assert await limiter.usage_split("split") == []  # usage from before the split: none recorded
+    await limiter.charge(k, tokens=100, search_units=1, model="small")
+    await limiter.charge(k, tokens=30, search_units=1, model="small")
+    await limiter.charge(k, tokens=7, search_units=2, model="large")
+    await limiter.charge(k, tokens=0, search_units=0)  # scored nothing: no model, not in the split
+    await limiter.charge(key("other"), tokens=5, search_units=1, model="small")
+    rows = await limiter.usage_split("split")
+    today = datetime.now(UTC).date()
+    assert [(r.day, r.model, r.requests, r.search_units, r.tokens) for r in rows] == [
+        (today, "large", 1, 2, 7),
+        (today, "small", 2, 2, 130),
+    ]
+    total = await limiter.usage("split")
+    assert (total.tokens, total.search_units) == (137, 4)

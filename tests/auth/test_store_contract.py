@@ -155,3 +155,22 @@ async def test_redis_store_skips_a_corrupt_record(clean_redis: RedisServer) -> N
         await store.create(record("good"))
         await store.redis.hset("rerankd:auth:keys", "bad", b"{oops")
         assert [r.name for r in await store.records()] == ["good"]
+
+
+async def test_update_sets_and_clears_limits_and_changes_the_version(make_store: StoreFactory) -> None:
+    writer, reader = make_store(), make_store()
+    await writer.create(record("app", rpm=10))
+    before = await reader.version()
+    updated = await writer.update("app", {"tpm": 5000})
+    assert (updated.rpm, updated.tpm) == (10, 5000)  # a limit not named is kept
+    got = await reader.get("app")
+    assert got is not None
+    assert (got.rpm, got.tpm, got.digest) == (10, 5000, updated.digest)
+    assert await reader.version() != before
+    cleared = await writer.update("app", {"rpm": None})
+    assert (cleared.rpm, cleared.tpm) == (None, 5000)
+    got = await reader.get("app")
+    assert got is not None
+    assert got.rpm is None
+    with pytest.raises(KeyNotFound):
+        await writer.update("ghost", {"rpm": 1})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import msgspec
 import pytest
 from cohere.errors import UnauthorizedError
 
+from rerankd.adapters.loader import EMBEDDED_MODEL_NAME as MODEL
 from rerankd.auth.keys import KeyRecord, digest_of, generate_key
 from rerankd.auth.store import RedisKeyStore
 from tests.proxy.auth_helpers import (
@@ -204,6 +206,45 @@ def test_usage_counts_requests_search_units_and_tokens(client: httpx.Client, key
     assert (usage["tokens"], usage["search_units"], usage["rate_limited"]) == (tokens, units, 0)
     text = keys_cli("usage", "metered", *keyed.store).stdout
     assert text.startswith(f"metered: requests 5, search_units {units}, tokens {tokens}, rate_limited 0")
+
+
+def test_a_running_server_enforces_a_key_s_new_limit(client: httpx.Client, keyed: Keyed) -> None:
+    key = new_key("retuned", *keyed.store)
+    eventually(lambda: call(client, "GET", "/v1/models", key).status_code == 200, 10, "the new key works")
+    for _ in range(5):
+        assert call(client, "GET", "/v1/models", key).status_code == 200  # no limit yet
+    done = keys_cli("update", "retuned", "--rpm", "2", *keyed.store)
+    assert "updated key 'retuned'" in done.stderr
+    assert "rpm 2" in done.stderr
+
+    def refused() -> bool:
+        return call(client, "GET", "/v1/models", key).status_code == 429
+
+    eventually(refused, 15, "the new limit is enforced")
+    r = call(client, "GET", "/v1/models", key)
+    assert "'retuned' is over its rate limit (2 requests per minute)" in assert_error_body(r, 429)["detail"]
+    keys_cli("update", "retuned", "--no-rpm", *keyed.store)
+    eventually(lambda: call(client, "GET", "/v1/models", key).status_code == 200, 15, "the limit is gone")
+    listed = {k["name"]: k for k in json.loads(keys_cli("list", "--json", *keyed.store).stdout)}
+    assert listed["retuned"]["rpm"] is None
+
+
+def test_usage_by_model_and_by_day(client: httpx.Client, keyed: Keyed) -> None:
+    key = new_key("split", *keyed.store)
+    eventually(lambda: call(client, "GET", "/v1/models", key).status_code == 200, 10, "the new key works")
+    tokens = sum(
+        call(client, "POST", "/v2/rerank", key).json()["meta"]["tokens"]["input_tokens"] for _ in "ab"
+    )
+    by_model = json.loads(keys_cli("usage", "split", "--by", "model", "--json", *keyed.store).stdout)
+    assert by_model == [{"name": "split", "model": MODEL, "requests": 2, "search_units": 2, "tokens": tokens}]
+    by_day = json.loads(keys_cli("usage", "split", "--by", "day", "--json", *keyed.store).stdout)
+    today = datetime.now(UTC).date().isoformat()
+    assert by_day == [{"name": "split", "day": today, "requests": 2, "search_units": 2, "tokens": tokens}]
+    text = keys_cli("usage", "split", "--by", "model", *keyed.store).stdout
+    assert text == f"split model {MODEL}: requests 2, search_units 2, tokens {tokens}\n"
+    # The totals, as before: the /v1/models calls count as requests, not in the split.
+    totals = json.loads(keys_cli("usage", "split", "--json", *keyed.store).stdout)
+    assert (totals["requests"], totals["tokens"]) == (3, tokens)
 
 
 def test_keys_list_shows_status_and_never_a_key(keyed: Keyed) -> None:
