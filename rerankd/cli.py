@@ -99,6 +99,17 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument("--otel", action="store_const", const=True, help="export OpenTelemetry traces (OTLP)")
     _engine_flags(p)
+    _torch_flags(p)
+
+
+def _torch_flags(p: argparse.ArgumentParser) -> None:
+    """Options of the torch engine's LLM path and its compile cache (docs/engines.md)."""
+    p.add_argument(
+        "--shared-prefix",
+        action=argparse.BooleanOptionalAction,
+        dest="shared_prefix",
+        help="LLM rerankers: compute the prefix a request's pairs share once per batch (default on)",
+    )
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:

@@ -138,6 +138,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: The query prefix every pair of a request shares is computed once (causal models only).
     enable_prefix_caching: bool = True
 
+    # -- torch engine: shared prefixes (docs/engines.md) ---------------------------------------
+    #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
+    #: computed once and every row attends to its keys/values; false: every row is run whole.
+    shared_prefix: bool = True
+
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -69,4 +69,5 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_queue=settings.max_queue_sequences,
         threads=settings.torch_threads,
         compile=settings.compile,
+        shared_prefix=settings.shared_prefix,
     )

@@ -12,6 +12,7 @@ import torch
 from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.errors import ConfigError
 from rerankd.scheduler import Finish, Scheduler
 from rerankd.threads import in_daemon_thread
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+#: Scores a batch of rows computing the prefixes that the plan shares once.
+SharedHead = Callable[[list[list[int]], PrefixPlan], torch.Tensor]
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,9 +60,15 @@ class TorchEngine(LocalEngine):
         max_queue: int = 200_000,
         threads: int | None = None,
         compile: bool = False,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__(source)
         self.compile = compile
+        #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
+        self.shared_prefix = shared_prefix
+        self._shared: SharedHead | None = None
+        self._prefix_batches = 0
+        self._prefix_saved = 0
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
@@ -110,7 +119,11 @@ class TorchEngine(LocalEngine):
         return f"torch:{str(self.dtype).removeprefix('torch.')}"
 
     def stats(self) -> dict[str, float]:
-        return self.scheduler.snapshot()
+        stats = self.scheduler.snapshot()
+        if self._shared is not None:
+            stats["prefix_batches"] = self._prefix_batches
+            stats["prefix_saved_tokens"] = self._prefix_saved
+        return stats
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -126,17 +139,10 @@ class TorchEngine(LocalEngine):
     def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
         """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
         assert self._head is not None
-        longest = max(map(len, ids))
-        pad = self._pad_id
-        # One tensor from padded lists: far cheaper than filling row by row.
-        input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
-        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
-        types = None
-        if type_ids is not None:
-            types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
-            types = self._to_device(types)
         with torch.inference_mode():
-            out = self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+            out = self._shared_batch(ids) if self._shared is not None else None
+            if out is None:
+                out = self._padded_batch(ids, type_ids)
             if self.device.type == "cpu":
                 return partial(_rows, out)
             # Copy back without waiting; finish() waits for this batch only, after the next one
@@ -146,6 +152,28 @@ class TorchEngine(LocalEngine):
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record()
         return partial(_wait_rows, done, host)
+
+    def _shared_batch(self, ids: list[list[int]]) -> torch.Tensor | None:
+        assert self._shared is not None
+        plan = plan_prefixes(ids)
+        if plan is None:
+            return None
+        self._prefix_batches += 1
+        self._prefix_saved += plan.saved
+        return self._shared(ids, plan).float()
+
+    def _padded_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> torch.Tensor:
+        assert self._head is not None
+        longest = max(map(len, ids))
+        pad = self._pad_id
+        # One tensor from padded lists: far cheaper than filling row by row.
+        input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
+        types = None
+        if type_ids is not None:
+            types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
+            types = self._to_device(types)
+        return self._head(self._to_device(input_ids), self._to_device(mask), types).float()
 
     def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
         """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
@@ -197,7 +225,21 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
         diff: torch.Tensor = logits[:, 0] - logits[:, 1]
         return diff
 
+    if engine.shared_prefix:
+        engine._shared = partial(_shared_llm_head, engine, decoder, rows)
     return head
+
+
+def _shared_llm_head(
+    engine: TorchEngine, decoder: Any, rows: torch.Tensor, ids: list[list[int]], plan: PrefixPlan
+) -> torch.Tensor:
+    """The LLM head over shared prefixes (``rerankd.adapters.prefix``); same outputs as ``head``."""
+    last = shared_prefix_hidden(
+        decoder, ids, plan, pad=engine._pad_id, device=engine.device, move=engine._to_device
+    )
+    logits = last.float() @ rows.T
+    diff: torch.Tensor = logits[:, 0] - logits[:, 1]
+    return diff
 
 
 def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:

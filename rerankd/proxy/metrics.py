@@ -182,6 +182,11 @@ _ENGINE_COUNTERS: Mapping[str, tuple[str, str]] = {
     "sequences": ("rerankd_engine_sequences", "Sequences scored by the model"),
     "busy_seconds": ("rerankd_engine_busy_seconds", "Wall time with a forward pass in flight"),
     "refused": ("rerankd_engine_refused", "Requests refused as they arrived: they could not finish in time"),
+    "prefix_batches": ("rerankd_engine_prefix_batches", "Forward passes that computed shared prefixes once"),
+    "prefix_saved_tokens": (
+        "rerankd_engine_prefix_saved_tokens",
+        "Tokens not computed: prefixes shared by several rows of a batch were computed once",
+    ),
 }
 
 _CACHE_COUNTERS: Mapping[str, tuple[str, str]] = {
