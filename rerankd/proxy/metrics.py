@@ -108,9 +108,15 @@ class ServiceCollector(Collector):
         healthy = GaugeMetricFamily(
             "rerankd_engine_healthy", "1 while the model's engine runs", labels=["model"]
         )
+        # Which engine and precision serve each model (the cache tag: "torch:bfloat16", "vllm:...").
+        info = GaugeMetricFamily(
+            "rerankd_engine_info", "1 for the engine that serves the model", labels=["model", "engine"]
+        )
         for name, engine in list(svc.engines.items()):
             healthy.add_metric([name], float(engine.healthy))
+            info.add_metric([name, engine.cache_tag], 1.0)
         yield healthy
+        yield info
 
     def _engines(self) -> Iterator[Metric]:
         families = {
