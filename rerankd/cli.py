@@ -110,6 +110,11 @@ def _torch_flags(p: argparse.ArgumentParser) -> None:
         dest="shared_prefix",
         help="LLM rerankers: compute the prefix a request's pairs share once per batch (default on)",
     )
+    p.add_argument(
+        "--compile-cache-dir",
+        dest="compile_cache_dir",
+        help="folder where --compile keeps its artifacts between starts",
+    )
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:

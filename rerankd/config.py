@@ -138,10 +138,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: The query prefix every pair of a request shares is computed once (causal models only).
     enable_prefix_caching: bool = True
 
-    # -- torch engine: shared prefixes (docs/engines.md) ---------------------------------------
+    # -- torch engine: shared prefixes, compile cache (docs/engines.md) ------------------------
     #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
     #: computed once and every row attends to its keys/values; false: every row is run whole.
     shared_prefix: bool = True
+    #: Where ``--compile`` keeps its artifacts between starts, one folder per model fingerprint,
+    #: torch version, device name, dtype and batch shape; default: ``compile-cache`` beside the
+    #: model's folder where writable, else ``~/.cache/rerankd/compile``.
+    compile_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

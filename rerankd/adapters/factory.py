@@ -70,4 +70,5 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         threads=settings.torch_threads,
         compile=settings.compile,
         shared_prefix=settings.shared_prefix,
+        compile_cache_dir=settings.compile_cache_dir,
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
@@ -61,12 +64,14 @@ class TorchEngine(LocalEngine):
         threads: int | None = None,
         compile: bool = False,
         shared_prefix: bool = True,
+        compile_cache_dir: str | None = None,
     ) -> None:
         super().__init__(source)
         self.compile = compile
         #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
         self.shared_prefix = shared_prefix
         self._shared: SharedHead | None = None
+        self._compile_cache: CompileCache | None = None
         self._prefix_batches = 0
         self._prefix_saved = 0
         self.device = pick_device(device)
@@ -83,14 +88,25 @@ class TorchEngine(LocalEngine):
             # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
             overlap=self.device.type != "cpu",
         )
+        if compile:
+            base = Path(compile_cache_dir) if compile_cache_dir else default_cache_dir(source.path)
+            shapes = f"batch<={max_batch_tokens or default_batch_tokens(self.device)}x{max_batch_size}"
+            shapes += ", shared prefix" if shared_prefix else ""
+            self._compile_cache = CompileCache.for_engine(
+                base, fingerprint=source.fingerprint, device=self.device, dtype=self.dtype, shapes=shapes
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await in_daemon_thread(self._load)  # a stop signal while loading need not wait for it
         self.scheduler.start()
-        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now.
+        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now. Two
+        # documents of one request take the shared-prefix path, one alone the full-row path.
         await self.score("warm-up", ["warm-up document"], EncodeOptions())
+        await self.score("warm-up", ["warm-up document", "another warm-up document"], EncodeOptions())
+        if self._compile_cache is not None:
+            log.info("%s", await asyncio.to_thread(self._compile_cache.save))
 
     def _load(self) -> None:
         from transformers import AutoTokenizer
@@ -104,6 +120,8 @@ class TorchEngine(LocalEngine):
         log.info(
             "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
         )
+        if self._compile_cache is not None:
+            log.info("%s", self._compile_cache.activate())
         self._head = _HEADS[src.format](self, src)
 
     async def close(self) -> None:
