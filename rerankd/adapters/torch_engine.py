@@ -90,8 +90,8 @@ class TorchEngine(LocalEngine):
         )
         if compile:
             base = Path(compile_cache_dir) if compile_cache_dir else default_cache_dir(source.path)
+            # Not keyed by shared_prefix: without it the engine compiles a subset of the same graphs.
             shapes = f"batch<={max_batch_tokens or default_batch_tokens(self.device)}x{max_batch_size}"
-            shapes += ", shared prefix" if shared_prefix else ""
             self._compile_cache = CompileCache.for_engine(
                 base, fingerprint=source.fingerprint, device=self.device, dtype=self.dtype, shapes=shapes
             )
