@@ -176,9 +176,16 @@ class TorchEngine(LocalEngine):
         plan = plan_prefixes(ids)
         if plan is None:
             return None
+        try:
+            out = self._shared(ids, plan).float()
+        except Exception:
+            # The full-row path scores the same batch alike: lose the saving, never the batch.
+            log.exception("shared-prefix scoring failed; %s scores full rows from now on", self.source.name)
+            self._shared = None
+            return None
         self._prefix_batches += 1
         self._prefix_saved += plan.saved
-        return self._shared(ids, plan).float()
+        return out
 
     def _padded_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> torch.Tensor:
         assert self._head is not None
