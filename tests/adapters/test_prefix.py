@@ -97,3 +97,28 @@ def test_requests_in_one_batch_match_model_card(tiny_qwen3_dir: Path) -> None:
     for query, scores in zip(queries, ours, strict=True):
         ref = model_card_scores(tiny_qwen3_dir, query, docs, max_length=120)
         assert max(abs(a - b) for a, b in zip(scores, ref, strict=True)) < 1e-4
+
+
+def test_a_failing_shared_pass_degrades_to_full_rows(tiny_qwen3_dir: Path) -> None:
+    docs = ["Paris is the capital of France.", "Bananas are yellow fruit.", "no"]
+    query = "What is the capital of France?"
+
+    async def run() -> tuple[list[float], bool]:
+        source = resolve_model(ModelConfig(name="tiny", path=str(tiny_qwen3_dir), max_length=120))
+        engine = TorchEngine(source, device="cpu", dtype="float32")
+        await engine.start()
+        try:
+
+            def broken(ids: list[list[int]], plan: object) -> torch.Tensor:
+                raise RuntimeError("out of memory")  # as a device would fail it
+
+            engine._shared = broken
+            result = await engine.score(query, docs, EncodeOptions())
+            return result.scores, engine._shared is None
+        finally:
+            await engine.close()
+
+    scores, switched_off = asyncio.run(run())
+    assert switched_off
+    ref = model_card_scores(tiny_qwen3_dir, query, docs, max_length=120)
+    assert max(abs(a - b) for a, b in zip(scores, ref, strict=True)) < 1e-4
