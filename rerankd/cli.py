@@ -111,6 +111,22 @@ def _serve_parser(sub: Any) -> None:
         help="where hub models are downloaded and found (default HF_HUB_CACHE, else HF_HOME/hub)",
     )
     _engine_flags(p)
+    _torch_flags(p)
+
+
+def _torch_flags(p: argparse.ArgumentParser) -> None:
+    """Options of the torch engine's LLM path and its compile cache (docs/engines.md)."""
+    p.add_argument(
+        "--shared-prefix",
+        action=argparse.BooleanOptionalAction,
+        dest="shared_prefix",
+        help="LLM rerankers: compute the prefix a request's pairs share once per batch (default on)",
+    )
+    p.add_argument(
+        "--compile-cache-dir",
+        dest="compile_cache_dir",
+        help="folder where --compile keeps its artifacts between starts",
+    )
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:

@@ -147,6 +147,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: huggingface_hub's cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
     model_cache_dir: str | None = None
 
+    # -- torch engine: shared prefixes, compile cache (docs/engines.md) ------------------------
+    #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
+    #: computed once and every row attends to its keys/values; false: every row is run whole.
+    shared_prefix: bool = True
+    #: Where ``--compile`` keeps its artifacts between starts, one folder per model fingerprint,
+    #: torch version, device name, dtype and batch shape; default: ``compile-cache`` beside the
+    #: model's folder where writable, else ``~/.cache/rerankd/compile``.
+    compile_cache_dir: str | None = None
+
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})

@@ -104,4 +104,6 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_queue=settings.max_queue_sequences,
         threads=settings.torch_threads,
         compile=settings.compile,
+        shared_prefix=settings.shared_prefix,
+        compile_cache_dir=settings.compile_cache_dir,
     )

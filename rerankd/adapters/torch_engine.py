@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.errors import ConfigError
 from rerankd.scheduler import Finish, Scheduler
 from rerankd.threads import in_daemon_thread
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+#: Scores a batch of rows computing the prefixes that the plan shares once.
+SharedHead = Callable[[list[list[int]], PrefixPlan], torch.Tensor]
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,9 +64,17 @@ class TorchEngine(LocalEngine):
         max_queue: int = 200_000,
         threads: int | None = None,
         compile: bool = False,
+        shared_prefix: bool = True,
+        compile_cache_dir: str | None = None,
     ) -> None:
         super().__init__(source)
         self.compile = compile
+        #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
+        self.shared_prefix = shared_prefix
+        self._shared: SharedHead | None = None
+        self._compile_cache: CompileCache | None = None
+        self._prefix_batches = 0
+        self._prefix_saved = 0
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
@@ -75,14 +89,25 @@ class TorchEngine(LocalEngine):
             # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
             overlap=self.device.type != "cpu",
         )
+        if compile:
+            base = Path(compile_cache_dir) if compile_cache_dir else default_cache_dir(source.path)
+            # Not keyed by shared_prefix: without it the engine compiles a subset of the same graphs.
+            shapes = f"batch<={max_batch_tokens or default_batch_tokens(self.device)}x{max_batch_size}"
+            self._compile_cache = CompileCache.for_engine(
+                base, fingerprint=source.fingerprint, device=self.device, dtype=self.dtype, shapes=shapes
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await in_daemon_thread(self._load)  # a stop signal while loading need not wait for it
         self.scheduler.start()
-        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now.
+        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now. Two
+        # documents of one request take the shared-prefix path, one alone the full-row path.
         await self.score("warm-up", ["warm-up document"], EncodeOptions())
+        await self.score("warm-up", ["warm-up document", "another warm-up document"], EncodeOptions())
+        if self._compile_cache is not None:
+            log.info("%s", await asyncio.to_thread(self._compile_cache.save))
 
     def _load(self) -> None:
         from transformers import AutoTokenizer
@@ -96,6 +121,8 @@ class TorchEngine(LocalEngine):
         log.info(
             "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
         )
+        if self._compile_cache is not None:
+            log.info("%s", self._compile_cache.activate())
         self._head = _HEADS[src.format](self, src)
 
     async def close(self) -> None:
@@ -111,7 +138,11 @@ class TorchEngine(LocalEngine):
         return f"torch:{str(self.dtype).removeprefix('torch.')}"
 
     def stats(self) -> dict[str, float]:
-        return self.scheduler.snapshot()
+        stats = self.scheduler.snapshot()
+        if self._shared is not None:
+            stats["prefix_batches"] = self._prefix_batches
+            stats["prefix_saved_tokens"] = self._prefix_saved
+        return stats
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -127,17 +158,10 @@ class TorchEngine(LocalEngine):
     def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
         """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
         assert self._head is not None
-        longest = max(map(len, ids))
-        pad = self._pad_id
-        # One tensor from padded lists: far cheaper than filling row by row.
-        input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
-        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
-        types = None
-        if type_ids is not None:
-            types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
-            types = self._to_device(types)
         with torch.inference_mode():
-            out = self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+            out = self._shared_batch(ids) if self._shared is not None else None
+            if out is None:
+                out = self._padded_batch(ids, type_ids)
             if self.device.type == "cpu":
                 return partial(_rows, out)
             # Copy back without waiting; finish() waits for this batch only, after the next one
@@ -147,6 +171,35 @@ class TorchEngine(LocalEngine):
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record()
         return partial(_wait_rows, done, host)
+
+    def _shared_batch(self, ids: list[list[int]]) -> torch.Tensor | None:
+        assert self._shared is not None
+        plan = plan_prefixes(ids)
+        if plan is None:
+            return None
+        try:
+            out = self._shared(ids, plan).float()
+        except Exception:
+            # The full-row path scores the same batch alike: lose the saving, never the batch.
+            log.exception("shared-prefix scoring failed; %s scores full rows from now on", self.source.name)
+            self._shared = None
+            return None
+        self._prefix_batches += 1
+        self._prefix_saved += plan.saved
+        return out
+
+    def _padded_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> torch.Tensor:
+        assert self._head is not None
+        longest = max(map(len, ids))
+        pad = self._pad_id
+        # One tensor from padded lists: far cheaper than filling row by row.
+        input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
+        types = None
+        if type_ids is not None:
+            types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
+            types = self._to_device(types)
+        return self._head(self._to_device(input_ids), self._to_device(mask), types).float()
 
     def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
         """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
@@ -204,7 +257,21 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
         out: torch.Tensor = logits[:, 0] if len(answers) == 1 else logits[:, 0] - logits[:, 1]
         return out
 
+    if engine.shared_prefix:
+        engine._shared = partial(_shared_llm_head, engine, decoder, rows)
     return head
+
+
+def _shared_llm_head(
+    engine: TorchEngine, decoder: Any, rows: torch.Tensor, ids: list[list[int]], plan: PrefixPlan
+) -> torch.Tensor:
+    """The LLM head over shared prefixes (``rerankd.adapters.prefix``); same outputs as ``head``."""
+    last = shared_prefix_hidden(
+        decoder, ids, plan, pad=engine._pad_id, device=engine.device, move=engine._to_device
+    )
+    logits = last.float() @ rows.T
+    diff: torch.Tensor = logits[:, 0] - logits[:, 1]
+    return diff
 
 
 def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:

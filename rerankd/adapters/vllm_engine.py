@@ -36,11 +36,13 @@ from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 
 __all__ = [
+    "SCORING_KV_TOKENS",
     "PoolingPlan",
     "VLLMEngine",
     "VLLMOptions",
     "cpu_kv_cache_bytes",
     "prepare",
+    "scoring_kv_cache_bytes",
     "start_failure",
     "vllm_cache_tag",
 ]
@@ -94,6 +96,7 @@ class PoolingPlan:
         from vllm import PoolingParams  # in a worker thread: see the module docstring
 
         self._params = PoolingParams
+        self.prompt = _token_prompt()
         self.task = "embed" if fmt.kind == "bi-encoder" else "classify"
         kwargs: dict[str, Any] = {
             "model": str(source.path),
@@ -115,6 +118,10 @@ class PoolingPlan:
         explicit = options.gpu_memory_utilization is not None or os.environ.get("VLLM_CPU_KVCACHE_SPACE")
         if not explicit and _cpu_build():
             kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(source, fmt.max_length, options)
+        elif not explicit and isinstance(fmt, LLMYesNoFormat):
+            # Scoring decodes nothing: a small KV cache (the batch in flight and the cached
+            # prefixes) instead of most of the GPU, so one GPU holds several models.
+            kwargs["kv_cache_memory_bytes"] = scoring_kv_cache_bytes(source, options, fmt.max_length)
         if isinstance(fmt, LLMYesNoFormat):
             kwargs.update(_answer_head(source, fmt))
             kwargs["enable_prefix_caching"] = options.enable_prefix_caching
@@ -177,6 +184,37 @@ def cpu_kv_cache_bytes(source: ModelSource, max_model_len: int, options: VLLMOpt
     step_tokens = max(options.max_num_batched_tokens or _DEFAULT_BATCHED_TOKENS, max_model_len)
     per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
     return max(MIN_CPU_KV_CACHE_BYTES, 2 * step_tokens * per_token)
+
+
+#: Tokens of KV cache an LLM reranker gets by default: several engine steps of vLLM's default
+#: batch (16384 tokens) plus room for cached prefixes; scoring never grows a sequence.
+SCORING_KV_TOKENS = 65_536
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def scoring_kv_cache_bytes(source: ModelSource, options: VLLMOptions, max_length: int) -> int:
+    """KV cache bytes for ``SCORING_KV_TOKENS`` tokens (and at least a few full-length sequences):
+    2 (keys, values) x layers x KV heads x head size x bytes per value, per token."""
+    config = json.loads((source.path / "config.json").read_text())
+    text = config.get("text_config") or config
+    layers = int(text["num_hidden_layers"])
+    heads = int(text["num_attention_heads"])
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or text["hidden_size"] // heads)
+    dtype = options.dtype if options.dtype != "auto" else str(text.get("torch_dtype") or text.get("dtype"))
+    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
+    return per_token * max(SCORING_KV_TOKENS, 4 * max_length)
+
+
+def _token_prompt() -> Any:
+    """vLLM's current form of a pre-tokenized prompt: a rendered token input (``{"type": "token",
+    ...}``), which skips vLLM's deprecated raw-prompt path; the plain ``TokensPrompt`` dict on
+    vLLM releases that do not have it."""
+    try:
+        from vllm.inputs import tokens_input
+    except ImportError:
+        return lambda ids: {"prompt_token_ids": ids}
+    return tokens_input
 
 
 def _answer_head(source: ModelSource, fmt: LLMYesNoFormat) -> dict[str, Any]:
@@ -333,7 +371,7 @@ class VLLMEngine(LocalEngine):
         llm: Any, plan: PoolingPlan, request_id: str, ids: list[int], types: list[int] | None
     ) -> Any:
         final = None
-        async for out in llm.encode({"prompt_token_ids": ids}, plan.params(types), request_id):
+        async for out in llm.encode(plan.prompt(ids), plan.params(types), request_id):
             final = out
         assert final is not None
         return plan.output(final.outputs.data)

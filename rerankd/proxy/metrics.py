@@ -108,9 +108,15 @@ class ServiceCollector(Collector):
         healthy = GaugeMetricFamily(
             "rerankd_engine_healthy", "1 while the model's engine runs", labels=["model"]
         )
+        # Which engine and precision serve each model (the cache tag: "torch:bfloat16", "vllm:...").
+        info = GaugeMetricFamily(
+            "rerankd_engine_info", "1 for the engine that serves the model", labels=["model", "engine"]
+        )
         for name, engine in list(svc.engines.items()):
             healthy.add_metric([name], float(engine.healthy))
+            info.add_metric([name, engine.cache_tag], 1.0)
         yield healthy
+        yield info
 
     def _engines(self) -> Iterator[Metric]:
         families = {
@@ -182,6 +188,11 @@ _ENGINE_COUNTERS: Mapping[str, tuple[str, str]] = {
     "sequences": ("rerankd_engine_sequences", "Sequences scored by the model"),
     "busy_seconds": ("rerankd_engine_busy_seconds", "Wall time with a forward pass in flight"),
     "refused": ("rerankd_engine_refused", "Requests refused as they arrived: they could not finish in time"),
+    "prefix_batches": ("rerankd_engine_prefix_batches", "Forward passes that computed shared prefixes once"),
+    "prefix_saved_tokens": (
+        "rerankd_engine_prefix_saved_tokens",
+        "Tokens not computed: prefixes shared by several rows of a batch were computed once",
+    ),
 }
 
 _CACHE_COUNTERS: Mapping[str, tuple[str, str]] = {

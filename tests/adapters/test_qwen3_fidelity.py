@@ -39,24 +39,31 @@ def card_scores(path: Path, query: str, docs: list[str], instruction: str, max_l
 
 
 async def engine_scores(
-    path: Path, query: str, docs: list[str], opts: EncodeOptions
+    path: Path, query: str, docs: list[str], opts: EncodeOptions, *, shared_prefix: bool = False
 ) -> tuple[list[float], Any]:
     source = resolve_model(ModelConfig(name="tiny", path=str(path), max_length=MAX_LENGTH))
     assert source.format == "llm-yes-no"
     # A small batch budget forces several batches that mix lengths: padding must not leak into scores.
-    engine = TorchEngine(source, device="cpu", dtype="float32", max_batch_tokens=400)
+    engine = TorchEngine(
+        source, device="cpu", dtype="float32", max_batch_tokens=400, shared_prefix=shared_prefix
+    )
     await engine.start()
     try:
         result = await engine.score(query, docs, opts)
         encoded = await engine.encode(query, docs, opts)
+        # The switch is what it says: the shared pass ran, or never ran.
+        assert (engine.stats().get("prefix_batches", 0) > 0) == shared_prefix
         return result.scores, encoded
     finally:
         await engine.close()
 
 
+@pytest.mark.parametrize("shared_prefix", [False, True], ids=["full-rows", "shared-prefix"])
 @pytest.mark.parametrize("query", QUERIES)
-def test_scores_match_model_card(tiny_qwen3_dir: Path, query: str) -> None:
-    ours, encoded = asyncio.run(engine_scores(tiny_qwen3_dir, query, DOCS, EncodeOptions()))
+def test_scores_match_model_card(tiny_qwen3_dir: Path, query: str, shared_prefix: bool) -> None:
+    ours, encoded = asyncio.run(
+        engine_scores(tiny_qwen3_dir, query, DOCS, EncodeOptions(), shared_prefix=shared_prefix)
+    )
     ref = card_scores(tiny_qwen3_dir, query, DOCS, CARD_INSTRUCTION, MAX_LENGTH)
     assert len(ours) == len(DOCS)
     assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) < 1e-4
@@ -73,10 +80,17 @@ def test_fixture_model_discriminates(tiny_qwen3_dir: Path) -> None:
     assert max(abs(a - b) for a, b in zip(ref, other, strict=True)) > 1e-3
 
 
-def test_instruction_is_used(tiny_qwen3_dir: Path) -> None:
+@pytest.mark.parametrize("shared_prefix", [False, True], ids=["full-rows", "shared-prefix"])
+def test_instruction_is_used(tiny_qwen3_dir: Path, shared_prefix: bool) -> None:
     instruction = "Find documents about fruit"
     ours, _ = asyncio.run(
-        engine_scores(tiny_qwen3_dir, QUERIES[0], DOCS, EncodeOptions(instruction=instruction))
+        engine_scores(
+            tiny_qwen3_dir,
+            QUERIES[0],
+            DOCS,
+            EncodeOptions(instruction=instruction),
+            shared_prefix=shared_prefix,
+        )
     )
     ref = card_scores(tiny_qwen3_dir, QUERIES[0], DOCS, instruction, MAX_LENGTH)
     assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) < 1e-4

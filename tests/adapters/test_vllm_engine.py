@@ -11,7 +11,14 @@ import pytest_asyncio
 
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource, resolve_model
-from rerankd.adapters.vllm_engine import VLLMEngine, VLLMOptions
+from rerankd.adapters.vllm_engine import (
+    SCORING_KV_TOKENS,
+    PoolingPlan,
+    VLLMEngine,
+    VLLMOptions,
+    cpu_kv_cache_bytes,
+    scoring_kv_cache_bytes,
+)
 from rerankd.config import ModelConfig
 from tests.fixtures.qwen3_reference import model_card_scores
 from tests.ranking import assert_same_ranking
@@ -103,3 +110,22 @@ async def test_long_document_in_windows_scores_its_best_window(engine: VLLMEngin
     assert windows[0] == pytest.approx(truncated.scores[0], abs=1e-6)
     assert result.scores[0] == pytest.approx(max(windows), abs=1e-6)
     assert len(set(windows)) == len(windows)
+
+
+async def test_token_prompts_and_a_kv_cache_sized_for_scoring(engine: VLLMEngine) -> None:
+    plan = engine._plan
+    assert plan is not None
+    # The rendered token input of current vLLM, not the deprecated raw-prompt path.
+    assert plan.prompt([5, 6]) == {"type": "token", "prompt_token_ids": [5, 6]}
+    # No memory share given: a KV cache sized by rerankd. On GPUs it holds SCORING_KV_TOKENS tokens
+    # of this model (tiny Qwen3 in float32: 2 layers x 2 KV heads x 32 dims x keys and values x 4
+    # bytes = 1 KiB a token); vLLM's CPU build, which runs here, has its own rule
+    # (tests/adapters/test_vllm_memory.py).
+    f32 = VLLMOptions(dtype="float32")
+    assert scoring_kv_cache_bytes(engine.source, f32, engine.format.max_length) == SCORING_KV_TOKENS * 1024
+    assert plan.engine_kwargs["kv_cache_memory_bytes"] == cpu_kv_cache_bytes(
+        engine.source, engine.format.max_length, f32
+    )
+    assert "gpu_memory_utilization" not in plan.engine_kwargs
+    shared = VLLMOptions(dtype="float32", gpu_memory_utilization=0.3)
+    assert "kv_cache_memory_bytes" not in PoolingPlan(engine.source, engine.format, shared).engine_kwargs
