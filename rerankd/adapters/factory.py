@@ -16,6 +16,8 @@ def pick_engine(settings: Settings) -> str:
     """``auto``: vLLM where it is installed and a CUDA device is there, else torch."""
     if settings.engine != "auto":
         return settings.engine
+    if settings.devices:  # replicas per device: the torch engine's (vLLM has its own parallelism)
+        return "torch"
     if settings.device != "cpu" and importlib.util.find_spec("vllm") is not None:
         import torch
 
@@ -27,6 +29,11 @@ def pick_engine(settings: Settings) -> str:
 def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
     """Local engines need the model's files; the remote engine only its upstream name.
     Called before the server binds: a missing engine fails here, with the bad-settings exit code."""
+    if settings.devices and settings.engine not in ("auto", "torch"):
+        raise ConfigError(
+            f"devices (one replica per device) is not supported yet with --engine {settings.engine}; "
+            "use the torch engine, or vLLM's own --tensor-parallel-size / --data-parallel-size"
+        )
     if settings.engine == "remote":
         return remote_model(cfg, settings.upstream_kind)
     if settings.engine in ("vllm", "vllm-sync") and importlib.util.find_spec("vllm") is None:
@@ -69,4 +76,7 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_queue=settings.max_queue_sequences,
         threads=settings.torch_threads,
         compile=settings.compile,
+        devices=settings.devices,
+        fault_devices=settings.fault_devices,
+        fault_after_batches=settings.fault_after_batches,
     )

@@ -1,4 +1,7 @@
-"""The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler."""
+"""The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler.
+
+With several devices (``devices``) each holds a replica of the model with its own worker thread,
+all fed by the one scheduler (data parallelism; see ``rerankd.scheduler``)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from typing import Any
 import torch
 
 from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish, Scheduler
+from rerankd.scheduler import DeviceStats, Finish, Replica, Runner, Scheduler
 from rerankd.threads import in_daemon_thread
 
 __all__ = ["TorchEngine", "default_batch_tokens", "pick_device", "pick_dtype"]
@@ -57,16 +61,32 @@ class TorchEngine(LocalEngine):
         max_queue: int = 200_000,
         threads: int | None = None,
         compile: bool = False,
+        devices: Sequence[str] = (),
+        fault_devices: Sequence[int] = (),
+        fault_after_batches: int = 0,
     ) -> None:
         super().__init__(source)
         self.compile = compile
-        self.device = pick_device(device)
+        labels = expand_devices(devices, torch.cuda.device_count()) if devices else []
+        self.device = pick_device(labels[0] if labels else device)
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
-        self._head: Head | None = None
         self._pad_id = 0
+        if len(labels) > 1:
+            cpu = self.device.type == "cpu"  # CPU replicas share the processor; labels tell them apart
+            self._replicas = [_Replica(self, torch.device("cpu" if cpu else x), x) for x in labels]
+        else:
+            self._replicas = [_Replica(self, self.device, str(self.device))]
+        self._main = self._replicas[0]
+        runners: list[Runner] = [
+            _faulty(r.run, fault_after_batches) if i in fault_devices else r.run
+            for i, r in enumerate(self._replicas)
+        ]
         self.scheduler = Scheduler(
-            self._run_batch,
+            [
+                Replica(r.label, run, setup=r.setup, memory=r.memory)
+                for r, run in zip(self._replicas, runners, strict=True)
+            ],
             max_batch_tokens=max_batch_tokens or default_batch_tokens(self.device),
             max_batch_size=max_batch_size,
             max_queue=max_queue,
@@ -86,16 +106,33 @@ class TorchEngine(LocalEngine):
     def _load(self) -> None:
         from transformers import AutoTokenizer
 
-        if self._threads:
+        n = len(self._replicas)
+        if n > 1 and self.device.type == "cpu":
+            # CPU replicas run at once on one processor: each forward pass gets its share of threads.
+            torch.set_num_threads(max(1, (self._threads or torch.get_num_threads()) // n))
+        elif self._threads:
             torch.set_num_threads(self._threads)
         src = self.source
         tokenizer = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.config.trust_remote_code)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.format = make_format(src.format, tokenizer, src.max_length)
-        log.info(
-            "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
-        )
-        self._head = _HEADS[src.format](self, src)
+        for replica in self._replicas:
+            log.info(
+                "loading %s (%s) from %s on %s as %s",
+                src.name,
+                src.format,
+                src.path,
+                replica.label,
+                self.dtype,
+            )
+            replica.head = _HEADS[src.format](self, src, replica.device)
+        if n > 1:
+            # The scheduler's warm-up reaches one replica: the first pass of each is paid here.
+            opts = EncodeOptions()
+            warm = self.format.encode("warm-up", self.format.bound_texts(["warm-up document"], opts), opts)
+            for replica in self._replicas:
+                replica.setup()
+                replica.run(warm.ids, warm.type_ids)()
 
     async def close(self) -> None:
         await self.scheduler.close()
@@ -112,7 +149,41 @@ class TorchEngine(LocalEngine):
     def stats(self) -> dict[str, float]:
         return self.scheduler.snapshot()
 
+    def devices(self) -> Sequence[DeviceStats]:
+        return self.scheduler.devices()
+
     # -- scoring -----------------------------------------------------------------------------
+
+    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
+        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
+
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        return self._main.run(ids, type_ids)
+
+    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
+        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
+        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
+        return list(self._run_batch(ids, type_ids)())
+
+
+class _Replica:
+    """The model on one device: the head and the launch of a batch there."""
+
+    def __init__(self, engine: TorchEngine, device: torch.device, label: str) -> None:
+        self.engine = engine
+        self.device = device
+        self.label = label
+        self.head: Head | None = None
+
+    def setup(self) -> None:
+        if self.device.type == "cuda":
+            # The current CUDA device is per thread: the worker's events and copies go to this one.
+            torch.cuda.set_device(self.device)
+
+    def memory(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return float(torch.cuda.memory_allocated(self.device))
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -120,14 +191,11 @@ class TorchEngine(LocalEngine):
         # Pinned host memory lets the copy overlap with the previous batch's kernels.
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
-        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
-
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
-        """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
-        assert self._head is not None
+    def run(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Launch one batch; the returned function waits for its outputs. Worker thread only."""
+        assert self.head is not None
         longest = max(map(len, ids))
-        pad = self._pad_id
+        pad = self.engine._pad_id
         # One tensor from padded lists: far cheaper than filling row by row.
         input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
         mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
@@ -136,7 +204,7 @@ class TorchEngine(LocalEngine):
             types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
             types = self._to_device(types)
         with torch.inference_mode():
-            out = self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+            out = self.head(self._to_device(input_ids), self._to_device(mask), types).float()
             if self.device.type == "cpu":
                 return partial(_rows, out)
             # Copy back without waiting; finish() waits for this batch only, after the next one
@@ -147,10 +215,20 @@ class TorchEngine(LocalEngine):
             done.record()
         return partial(_wait_rows, done, host)
 
-    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
-        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
-        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
-        return list(self._run_batch(ids, type_ids)())
+
+def _faulty(run: Runner, after: int) -> Runner:
+    """``run`` that raises from its ``after + 1``-th batch on (the ``fault_devices`` setting, for
+    fail-over tests): a replica whose forward pass keeps failing, as a broken GPU's does."""
+    count = 0
+
+    def faulty(ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        nonlocal count
+        count += 1
+        if count > after:
+            raise RuntimeError("injected fault (fault_devices): this replica's forward pass fails")
+        return run(ids, type_ids)
+
+    return faulty
 
 
 def _rows(out: torch.Tensor) -> list[Any]:
@@ -162,11 +240,11 @@ def _wait_rows(done: torch.cuda.Event, host: torch.Tensor) -> list[Any]:
     return _rows(host)
 
 
-def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:
+def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource, device: torch.device) -> Any:
     model = auto_class.from_pretrained(
         src.path, dtype=engine.dtype, trust_remote_code=src.config.trust_remote_code
     )
-    return model.to(engine.device).eval()
+    return model.to(device).eval()
 
 
 def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
@@ -176,12 +254,12 @@ def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
     return torch.compile(module, dynamic=True)
 
 
-def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _llm_head(engine: TorchEngine, src: ModelSource, device: torch.device) -> Head:
     """logit(yes) - logit(no) from the last hidden state and two rows of the output matrix, never the
     full vocabulary; the format's sigmoid makes it P(yes)."""
     from transformers import AutoModelForCausalLM
 
-    model = _load_model(engine, AutoModelForCausalLM, src)
+    model = _load_model(engine, AutoModelForCausalLM, src, device)
     fmt = engine.format
     assert isinstance(fmt, LLMYesNoFormat)
     rows = model.get_output_embeddings().weight[[fmt.yes_id, fmt.no_id]].detach().float().clone()
@@ -200,10 +278,10 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
     return head
 
 
-def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _cross_head(engine: TorchEngine, src: ModelSource, device: torch.device) -> Head:
     from transformers import AutoModelForSequenceClassification
 
-    model = _load_model(engine, AutoModelForSequenceClassification, src)
+    model = _load_model(engine, AutoModelForSequenceClassification, src, device)
     n_labels = model.config.num_labels
     model = _maybe_compile(engine, model)
     if n_labels not in (1, 2):
@@ -219,10 +297,10 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
     return head
 
 
-def _bi_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _bi_head(engine: TorchEngine, src: ModelSource, device: torch.device) -> Head:
     from transformers import AutoModel
 
-    model = _maybe_compile(engine, _load_model(engine, AutoModel, src))
+    model = _maybe_compile(engine, _load_model(engine, AutoModel, src, device))
     cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
@@ -248,7 +326,7 @@ def _pooling_config(src: ModelSource) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-_HEADS: dict[str, Callable[[TorchEngine, ModelSource], Head]] = {
+_HEADS: dict[str, Callable[[TorchEngine, ModelSource, torch.device], Head]] = {
     "llm-yes-no": _llm_head,
     "cross-encoder": _cross_head,
     "bi-encoder": _bi_head,
