@@ -55,3 +55,9 @@ def test_bench_subcommand_reaches_the_load_generator() -> None:
     out = rerankd("bench", "--help")
     assert out.returncode == 0
     assert "--concurrency" in out.stdout
+
+
+def test_devices_with_the_vllm_engine_exits_2() -> None:
+    out = rerankd("serve", "--engine", "vllm", "--devices", "cpu,cpu", "--port", "0")
+    assert out.returncode == 2
+    assert "not supported yet with --engine vllm" in out.stderr
