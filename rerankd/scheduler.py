@@ -704,8 +704,9 @@ class Scheduler:
         self, replica: Replica, batch: list[Item], retried: bool, *, logged: bool = False
     ) -> None:
         """Take ``replica`` out and give its batch to the others. A batch that fails on a second
-        replica too is judged at fault itself (its requests get :class:`EngineFailure`): one bad
-        batch must not take every replica down."""
+        replica too is judged at fault itself, so one bad batch cannot take every replica down:
+        that replica serves on, and the batch's requests get :class:`EngineUnavailable` (503, to
+        retry), since which of the two was at fault cannot be told."""
         if not logged:
             log.exception(
                 "forward pass failed on replica %s (a batch of %d sequences)", replica.device, len(batch)
@@ -714,7 +715,7 @@ class Scheduler:
             if retried and batch:
                 for job in {job for job, _ in batch}:
                     if not job.abandoned():
-                        self._fail(job, EngineFailure())
+                        self._fail(job, EngineUnavailable())
                 log.error(
                     "a batch failed on two replicas: its requests fail, replica %s serves on", replica.device
                 )

@@ -98,8 +98,11 @@ async def test_a_failing_replica_hands_its_batch_to_the_others(
 async def test_every_replica_down_is_unavailable(started: Callable[[Scheduler], Scheduler]) -> None:
     seen: dict[str, int] = {}
     s = started(_scheduler([Replica(d, _runner(d, seen, fail_after=1)) for d in ("cpu:0", "cpu:1")]))
-    results = await asyncio.gather(*(s.submit(r) for r in _requests(8, 20)), return_exceptions=True)
+    reqs = _requests(8, 20)
+    results = await asyncio.gather(*(s.submit(r) for r in reqs), return_exceptions=True)
     assert any(isinstance(r, EngineUnavailable) for r in results), results
+    for request, result in zip(reqs, results, strict=True):  # scored in full, or 503: nothing else
+        assert isinstance(result, EngineUnavailable) or result == _expected(request), result
     assert not s.alive
     assert s.live_replicas == 0
     with pytest.raises(EngineUnavailable):
