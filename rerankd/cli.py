@@ -42,6 +42,10 @@ def _serve_parser(sub: Any) -> None:
         help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--devices",
+        help="one replica per device: cuda:0,cuda:1,... | all (every GPU) | cpu,cpu (torch engine)",
+    )
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
     p.add_argument(
@@ -219,6 +223,8 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
         flags["upstreams"] = [u for item in flags["upstreams"] for u in split_csv(item)]
     if "api_keys" in flags:
         flags["api_keys"] = [k for item in flags["api_keys"] for k in split_csv(item)]
+    if "devices" in flags:
+        flags["devices"] = split_csv(flags["devices"])
     return flags
 
 

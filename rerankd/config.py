@@ -156,6 +156,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: model's folder where writable, else ``~/.cache/rerankd/compile``.
     compile_cache_dir: str | None = None
 
+    # -- several devices (docs/engines.md#several-devices) ------------------------------------
+    #: One torch-engine replica per device behind the one scheduler: ``cuda:0,cuda:1``, ``all``
+    #: (every CUDA device), or CPU replicas (``cpu,cpu`` or ``cpu:0,cpu:1``) that split the
+    #: intra-op threads. Empty: the one ``device``.
+    devices: tuple[Annotated[str, Meta(pattern=r"^(all|cpu(:\d+)?|cuda(:\d+)?)$")], ...] = ()
+    #: For testing fail-over only: the replicas (indexes into ``devices``) whose forward pass
+    #: raises once they have run ``fault_after_batches`` batches. A CPU forward pass cannot be
+    #: made to fail from outside the way a GPU's can (device error, out of memory), so the tests
+    #: need this to take a replica down for real.
+    fault_devices: tuple[Annotated[int, Meta(ge=0)], ...] = ()
+    fault_after_batches: Annotated[int, Meta(ge=0)] = 0
+
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -173,12 +185,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise ValueError(
                 "engine remote needs upstreams (--upstream URL) and models (--model NAME=UPSTREAM_MODEL)"
             )
+        if "all" in self.devices and len(self.devices) > 1:
+            raise ValueError("devices: 'all' stands alone (every CUDA device)")
+        if self.devices and self.device != "auto":
+            raise ValueError("give device or devices, not both")
+        if any(i >= max(len(self.devices), 1) for i in self.fault_devices) and "all" not in self.devices:
+            raise ValueError("fault_devices are indexes into devices")
 
 
 # Keys whose env/flag form is a comma-separated list or NAME=VALUE map.
 _LIST_KEYS = {"models"}
 _MAP_KEYS = {"aliases", "model_formats"}
 _CSV_KEYS = {"upstreams", "api_keys"}
+_CSV_KEYS |= {"devices", "fault_devices"}
 # Singular env names that read naturally for one value.
 _ENV_SINGULAR = {"model": "models", "upstream": "upstreams", "api_key": "api_keys"}
 

@@ -18,6 +18,14 @@ Which rows go into the next batch decides who waits. Requests are ranked, best f
 A batch takes rows from the best-ranked request first (each request's rows sorted by length, so
 its batches pad little), then fills the rest of the padded-token budget from the next ones.
 
+Several replicas of one model (``--devices``) sit behind the one scheduler: each
+:class:`Replica` has its own worker thread, which takes the next batch when its replica has room,
+so a batch lands on the least-loaded live replica and up to one batch per replica is in flight
+(two with ``overlap``). The queues, fairness and admission rules stay those above; admission's
+rate is the sum of the live replicas' rates. A replica whose forward pass raises or whose thread
+dies is taken out: its batches in flight go back to the head of the queue for the others, so no
+work is lost and no client sees the fault while one replica lives.
+
 Admission is bounded by time, not only by count: from the measured rate, a request whose work
 and the work ranked ahead of it could not finish before its deadline is refused at once with
 :class:`Overloaded` and a ``Retry-After`` of the time that queue takes to drain, instead of waiting
@@ -42,8 +50,10 @@ from rerankd.requester import Requester, requested_by
 __all__ = [
     "BATCH_SIZE_BOUNDS",
     "QUEUE_WAIT_BOUNDS",
+    "DeviceStats",
     "Finish",
     "Histogram",
+    "Replica",
     "Runner",
     "Scheduler",
     "SchedulerStats",
@@ -109,12 +119,52 @@ class _Job:
         return max(0, self.priority - int((now - self.enqueued) * PRIORITY_AGEING_PER_S))
 
 
+@dataclass(eq=False, slots=True)
+class Replica:
+    """One engine replica: the device it runs on and the runner that launches batches there.
+    The counters are written by its worker thread and read by a metrics scrape."""
+
+    #: The device label in metrics and ``/ready`` (``cuda:1``, ``cpu:0``).
+    device: str
+    runner: Runner
+    #: Called on the replica's worker thread before its first batch (e.g. select its CUDA device,
+    #: which is per thread).
+    setup: Callable[[], None] | None = None
+    #: Bytes of device memory the replica holds now; None where it is not measured (CPU).
+    memory: Callable[[], float | None] | None = None
+    up: bool = True
+    batches: int = 0
+    real_tokens: int = 0
+    busy_s: float = 0.0
+    #: Measured real tokens per busy second of this replica (0 until measured).
+    tokens_per_s: float = 0.0
+    # Worker-thread state: batches in flight, since when, when the last one landed.
+    in_flight: int = 0
+    busy_since: float = 0.0
+    last_landed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """One replica's counters, as a metrics scrape reads them."""
+
+    device: str
+    up: bool
+    batches: int
+    real_tokens: int
+    busy_seconds: float
+    memory_bytes: float | None
+
+
 @dataclass(slots=True)
 class _Launched:
     batch: list[Item]
     finish: Finish
     #: ``time.perf_counter()`` at launch.
     at: float
+    replica: Replica
+    #: The batch already failed on another replica once.
+    retried: bool = False
 
 
 #: Upper bounds of the batch-size and queue-wait histograms (rows; seconds).
@@ -163,7 +213,7 @@ class SchedulerStats:
 class Scheduler:
     def __init__(
         self,
-        runner: Runner,
+        runner: Runner | Sequence[Replica],
         *,
         max_batch_tokens: int,
         max_batch_size: int,
@@ -173,8 +223,16 @@ class Scheduler:
     ) -> None:
         """``overlap``: launch the next batch before waiting for the one in flight. Right where a
         launch only queues work (CUDA); where the runner computes as it launches (CPU), it would
-        make a request that just arrived wait for one more batch than it must."""
-        self._runner = runner
+        make a request that just arrived wait for one more batch than it must.
+
+        ``runner``: one runner, or the replicas of a model (one worker thread each)."""
+        self.replicas: list[Replica] = (
+            list(runner) if isinstance(runner, Sequence) else [Replica(name, runner)]
+        )
+        if not self.replicas:
+            raise ValueError("a scheduler needs at least one replica")
+        #: Several replicas: the dispatch and fail-over paths below; one keeps the plain worker loop.
+        self._multi = len(self.replicas) > 1
         self._overlap = overlap
         self._max_tokens = max_batch_tokens
         self._max_size = max_batch_size
@@ -186,15 +244,27 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closing = False
         self._dead: BaseException | None = None
-        self._in_flight = 0
-        self._busy_since = 0.0
-        #: When the last batch landed (worker thread only): a batch's own time starts no earlier.
-        self._last_landed = 0.0
-        self._thread = threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)
+        #: Batches that failed on a replica now taken out, to run first on the others.
+        self._retry: list[list[Item]] = []
+        #: Worker threads waiting for work (several replicas only).
+        self._idle = 0
+        #: Guards the stats that several replicas' threads update.
+        self._stats_lock = threading.Lock()
+        if self._multi:
+            self._threads = [
+                threading.Thread(
+                    target=self._serve, args=(r,), name=f"rerankd-{name}-{r.device}", daemon=True
+                )
+                for r in self.replicas
+            ]
+        else:
+            self._threads = [threading.Thread(target=self._work, name=f"rerankd-{name}", daemon=True)]
+        self._thread = self._threads[0]
         self.stats = SchedulerStats()
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -218,7 +288,32 @@ class Scheduler:
 
     @property
     def alive(self) -> bool:
+        if self._multi:
+            return self._dead is None and any(
+                r.up and t.is_alive() for r, t in zip(self.replicas, self._threads, strict=True)
+            )
         return self._thread.is_alive() and self._dead is None
+
+    @property
+    def live_replicas(self) -> int:
+        if not self.alive:
+            return 0
+        return sum(r.up and t.is_alive() for r, t in zip(self.replicas, self._threads, strict=True))
+
+    def devices(self) -> list[DeviceStats]:
+        """Per replica: its counters and whether it serves (read at scrape time)."""
+        alive = self.alive
+        return [
+            DeviceStats(
+                r.device,
+                alive and r.up and t.is_alive(),
+                r.batches,
+                r.real_tokens,
+                r.busy_s,
+                r.memory() if r.memory is not None else None,
+            )
+            for r, t in zip(self.replicas, self._threads, strict=True)
+        ]
 
     async def submit(
         self,
@@ -333,15 +428,19 @@ class Scheduler:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
+        for thread in self._threads:
+            if thread.is_alive():
+                await asyncio.to_thread(thread.join)
 
     # -- worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        replica = self.replicas[0]
         in_flight: _Launched | None = None
         batch: list[Item] = []
         try:
+            if replica.setup is not None:
+                replica.setup()
             while True:
                 # Block for work only with nothing in flight; else launch what is there, then
                 # wait for the batch in flight.
@@ -349,7 +448,7 @@ class Scheduler:
                     self._complete(in_flight)
                     in_flight = None
                 batch = self._take_batch(block=in_flight is None)
-                launched = self._launch(batch) if batch else None
+                launched = self._launch(batch, replica) if batch else None
                 if in_flight is not None:
                     self._complete(in_flight)
                 in_flight = launched
@@ -370,15 +469,19 @@ class Scheduler:
         with self._cond:
             while block and not self._jobs and not self._closing:
                 self._cond.wait()
-            now = time.monotonic()
-            self._expire(now)
-            rate = self.stats.tokens_per_s or _DEFAULT_RATE
-            batch: list[Item] = []
-            for job in sorted(self._jobs, key=lambda j: _rank(j, now, rate))[:_FILL_SCAN]:
-                self._fill(batch, job)
-                if len(batch) >= self._max_size:
-                    break
-            return batch
+            return self._form_batch()
+
+    def _form_batch(self) -> list[Item]:
+        """The next batch by the ranking rules. Caller holds the lock."""
+        now = time.monotonic()
+        self._expire(now)
+        rate = self.stats.tokens_per_s or _DEFAULT_RATE
+        batch: list[Item] = []
+        for job in sorted(self._jobs, key=lambda j: _rank(j, now, rate))[:_FILL_SCAN]:
+            self._fill(batch, job)
+            if len(batch) >= self._max_size:
+                break
+        return batch
 
     def _expire(self, now: float) -> None:
         for job in list(self._jobs):
@@ -408,7 +511,7 @@ class Scheduler:
         if job.next == len(job.order):
             self._detach(job)  # every row is in hand; they still complete
 
-    def _launch(self, batch: list[Item]) -> _Launched | None:
+    def _launch(self, batch: list[Item], replica: Replica, retried: bool = False) -> _Launched | None:
         batch = [item for item in batch if not item[0].abandoned()]
         if not batch:
             return None
@@ -416,37 +519,39 @@ class Scheduler:
         types = None
         if batch[0][0].type_ids is not None:
             types = [job.type_ids[row] for job, row in batch if job.type_ids is not None]
-        self._waited(batch)
+        if not retried:  # a retried batch's rows waited once already
+            self._waited(batch)
         # Timed from before the launch: on CPU the runner computes the whole batch as it launches.
         launched = time.perf_counter()
-        if self._in_flight == 0:
-            self._busy_since = launched
-        self._in_flight += 1
+        if replica.in_flight == 0:
+            replica.busy_since = launched
+        replica.in_flight += 1
         try:
-            finish = self._runner(ids, types)
+            finish = replica.runner(ids, types)
         except Exception:
-            self._landed()
-            self._batch_failed(batch)
+            self._landed(replica)
+            self._batch_failed(batch, replica, retried)
             return None
-        return _Launched(batch, finish, launched)
+        return _Launched(batch, finish, launched, replica, retried)
 
     def _complete(self, launched: _Launched) -> None:
-        batch = launched.batch
+        batch, replica = launched.batch, launched.replica
         try:
             outputs = launched.finish()
         except Exception:
-            self._batch_failed(batch)
+            self._batch_failed(batch, replica, launched.retried)
             return
         finally:
-            self._landed()
+            self._landed(replica)
         now = time.perf_counter()
         # The batch's own time: overlapped batches start being served when the one before lands.
         self._record(
             [job.ids[row] for job, row in batch],
             len({id(job) for job, _ in batch}),
-            now - max(launched.at, self._last_landed),
+            now - max(launched.at, replica.last_landed),
+            replica,
         )
-        self._last_landed = now
+        replica.last_landed = now
         for (job, row), out in zip(batch, outputs, strict=True):
             if job.abandoned():
                 continue
@@ -455,7 +560,10 @@ class Scheduler:
             if job.remaining == 0:
                 job.loop.call_soon_threadsafe(_resolve, job.future, job.outputs)
 
-    def _batch_failed(self, batch: list[Item]) -> None:
+    def _batch_failed(self, batch: list[Item], replica: Replica, retried: bool) -> None:
+        if self._multi:
+            self._replica_failed(replica, batch, retried)
+            return
         log.exception("forward pass failed for a batch of %d sequences", len(batch))
         for job in {job for job, _ in batch}:
             self._fail(job, EngineFailure())
@@ -466,18 +574,41 @@ class Scheduler:
         for job, _ in batch:
             rows[job] = rows.get(job, 0) + 1
         now = time.monotonic()
+        if self._multi:
+            with self._stats_lock:
+                for job, n in rows.items():
+                    self.stats.queue_wait.observe(now - job.enqueued, n)
+            return
         for job, n in rows.items():
             self.stats.queue_wait.observe(now - job.enqueued, n)
 
-    def _landed(self) -> None:
-        # Busy time is wall time with a batch in flight; overlapping batches count once.
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self.stats.busy_s += time.perf_counter() - self._busy_since
+    def _landed(self, replica: Replica) -> None:
+        # Busy time is wall time with a batch in flight; overlapping batches count once. With
+        # several replicas the engine's busy seconds are the sum of its devices'.
+        replica.in_flight -= 1
+        if replica.in_flight == 0:
+            busy = time.perf_counter() - replica.busy_since
+            replica.busy_s += busy
+            if self._multi:
+                with self._stats_lock:
+                    self.stats.busy_s += busy
+            else:
+                self.stats.busy_s += busy
 
-    def _record(self, ids: list[list[int]], n_jobs: int, seconds: float) -> None:
-        s = self.stats
+    def _record(self, ids: list[list[int]], n_jobs: int, seconds: float, replica: Replica) -> None:
         real = sum(map(len, ids))
+        replica.batches += 1
+        replica.real_tokens += real
+        if self._multi:
+            with self._stats_lock:
+                self._record_stats(ids, real, n_jobs, seconds, replica)
+        else:
+            self._record_stats(ids, real, n_jobs, seconds, replica)
+
+    def _record_stats(
+        self, ids: list[list[int]], real: int, n_jobs: int, seconds: float, replica: Replica
+    ) -> None:
+        s = self.stats
         padded = max(map(len, ids)) * len(ids)
         s.batches += 1
         s.mixed_batches += n_jobs > 1
@@ -490,8 +621,20 @@ class Scheduler:
         full = padded * 2 >= self._max_tokens or len(ids) >= self._max_size
         if full and seconds > 0:
             measured = real / seconds
-            old = s.tokens_per_s or measured
-            s.tokens_per_s = (1 - _RATE_WEIGHT) * old + _RATE_WEIGHT * measured
+            if not self._multi:
+                old = s.tokens_per_s or measured
+                s.tokens_per_s = (1 - _RATE_WEIGHT) * old + _RATE_WEIGHT * measured
+                return
+            old = replica.tokens_per_s or measured
+            replica.tokens_per_s = (1 - _RATE_WEIGHT) * old + _RATE_WEIGHT * measured
+            self._sum_rates()
+
+    def _sum_rates(self) -> None:
+        """The engine's rate is the sum of its live replicas' (admission and ranking use it); a
+        replica not measured yet counts as the mean of those that are."""
+        live = [r for r in self.replicas if r.up]
+        measured = [r.tokens_per_s for r in live if r.tokens_per_s > 0]
+        self.stats.tokens_per_s = sum(measured) / len(measured) * len(live) if measured else 0.0
 
     def _fail(self, job: _Job, exc: Exception) -> None:
         job.failed = True
@@ -504,6 +647,103 @@ class Scheduler:
                 self._drop(job)
         for job in jobs:
             self._fail(job, exc)
+
+    # -- several replicas: one worker thread each ---------------------------------------------
+
+    def _serve(self, replica: Replica) -> None:
+        """One replica's worker loop: the single loop above, plus dispatch and fail-over."""
+        in_flight: _Launched | None = None
+        batch: list[Item] = []
+        try:
+            if replica.setup is not None:
+                replica.setup()
+            while replica.up:
+                if in_flight is not None and not self._overlap:
+                    self._complete(in_flight)
+                    in_flight = None
+                batch, retried = self._take_for(replica, block=in_flight is None)
+                launched = self._launch(batch, replica, retried) if batch else None
+                batch = []
+                if in_flight is not None:
+                    self._complete(in_flight)
+                in_flight = launched
+                if in_flight is None and self._closing and not self._jobs and not self._retry:
+                    return
+            if in_flight is not None:  # taken out with a batch in flight: its outputs may still come
+                self._complete(in_flight)
+        except BaseException:  # a dying thread takes its replica out; the others take its work
+            log.exception("worker of replica %s died", replica.device)
+            held = batch + (in_flight.batch if in_flight is not None else [])
+            self._replica_failed(replica, held, retried=False, logged=True)
+
+    def _take_for(self, replica: Replica, *, block: bool) -> tuple[list[Item], bool]:
+        """The next batch for ``replica`` and whether it is a retry. Batches of a replica taken
+        out go first. A replica with a batch in flight leaves new work to an idle one, so each
+        batch goes to the least-loaded live replica."""
+        with self._cond:
+            while True:
+                if not replica.up:
+                    return [], False
+                if self._retry:
+                    return self._retry.pop(0), True
+                if self._jobs and (block or not self._idle):
+                    break
+                if not block or self._closing:
+                    return [], False
+                self._idle += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._idle -= 1
+            batch = self._form_batch()
+            if self._jobs and self._idle:
+                self._cond.notify()  # more work than this batch: wake another idle replica
+            return batch, False
+
+    def _replica_failed(
+        self, replica: Replica, batch: list[Item], retried: bool, *, logged: bool = False
+    ) -> None:
+        """Take ``replica`` out and give its batch to the others. A batch that fails on a second
+        replica too is judged at fault itself, so one bad batch cannot take every replica down:
+        that replica serves on, and the batch's requests get :class:`EngineUnavailable` (503, to
+        retry), since which of the two was at fault cannot be told."""
+        if not logged:
+            log.exception(
+                "forward pass failed on replica %s (a batch of %d sequences)", replica.device, len(batch)
+            )
+        with self._cond:
+            if retried and batch:
+                for job in {job for job, _ in batch}:
+                    if not job.abandoned():
+                        self._fail(job, EngineUnavailable())
+                log.error(
+                    "a batch failed on two replicas: its requests fail, replica %s serves on", replica.device
+                )
+                return
+            if replica.up:
+                replica.up = False
+                live = sum(r.up for r in self.replicas)
+                log.error(
+                    "replica %s is taken out: %d of %d replicas serve on",
+                    replica.device,
+                    live,
+                    len(self.replicas),
+                )
+                with self._stats_lock:
+                    self._sum_rates()
+            live_any = any(r.up for r in self.replicas)
+            if live_any:
+                if batch:
+                    self._retry.append(batch)
+                self._cond.notify_all()
+                return
+            self._dead = RuntimeError("every replica is down")
+            retry, self._retry = self._retry, []
+        log.error("every replica is down: the engine is unavailable")
+        for job in {job for job, _ in batch + [item for held in retry for item in held]}:
+            if not job.abandoned():
+                self._fail(job, EngineUnavailable())
+        self._fail_all(EngineUnavailable())
 
 
 def _rank(job: _Job, now: float, rate: float) -> tuple[int, float, float]:

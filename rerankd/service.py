@@ -40,6 +40,7 @@ from rerankd.threads import in_daemon_thread
 __all__ = [
     "READ_WRITE",
     "CachePolicy",
+    "Capacity",
     "Ranked",
     "RerankOutcome",
     "RerankQuery",
@@ -70,6 +71,16 @@ class Ranked(msgspec.Struct, frozen=True, gc=False):
     # (100 frozen dataclasses cost about 40 µs; these, 5). gc=False: two numbers hold no cycles.
     index: int
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """Replicas serving now, over the models that run several (``devices``)."""
+
+    live: int
+    total: int
+    #: Per model, the devices whose replica is taken out.
+    down: dict[str, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +198,21 @@ class RerankService:
     @property
     def ready(self) -> bool:
         return self._ready.is_set() and not self._draining and all(e.healthy for e in self.engines.values())
+
+    def capacity(self) -> Capacity | None:
+        """Live and total replicas of the models served on several devices; None when there is
+        none (one replica per model: healthy or not is all there is to say)."""
+        live = total = 0
+        down: dict[str, list[str]] = {}
+        for name, engine in list(self.engines.items()):
+            devices = engine.devices()
+            if len(devices) < 2:
+                continue
+            total += len(devices)
+            live += sum(d.up for d in devices)
+            if lost := [d.device for d in devices if not d.up]:
+                down[name] = lost
+        return Capacity(live, total, down) if total else None
 
     # -- requests ----------------------------------------------------------------------------
 

@@ -93,3 +93,9 @@ def test_cuda_on_a_host_without_cuda_exits_before_binding() -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("rerankd: device cuda asked for, but torch sees no CUDA device")
     assert not any("Uvicorn running" in line for line in lines)
+
+
+def test_devices_with_the_vllm_engine_exits_2() -> None:
+    out = rerankd("serve", "--engine", "vllm", "--devices", "cpu,cpu", "--port", "0")
+    assert out.returncode == 2
+    assert "not supported yet with --engine vllm" in out.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
+from rerankd.scheduler import DeviceStats
 
 __all__ = ["TOKENIZE_CHUNK", "Engine", "LocalEngine", "ScoreResult"]
 
@@ -54,6 +55,10 @@ class Engine(ABC):
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def devices(self) -> Sequence[DeviceStats]:
+        """Per device replica: counters and whether it serves; empty where the engine has none."""
+        return ()
 
     @property
     def cache_tag(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 
 import msgspec
 
@@ -18,6 +19,8 @@ def pick_engine(settings: Settings) -> str:
     """``auto``: vLLM where it is installed and a CUDA device is there, else torch."""
     if settings.engine != "auto":
         return settings.engine
+    if settings.devices:  # replicas per device: the torch engine's (vLLM has its own parallelism)
+        return "torch"
     if settings.device != "cpu" and importlib.util.find_spec("vllm") is not None:
         import torch
 
@@ -29,6 +32,11 @@ def pick_engine(settings: Settings) -> str:
 def check_engine(settings: Settings) -> None:
     """Called before the server binds: a missing engine or device fails here, with the
     bad-settings exit code and one line, instead of after the port opened."""
+    if settings.devices and settings.engine not in ("auto", "torch"):
+        raise ConfigError(
+            f"devices (one replica per device) is not supported yet with --engine {settings.engine}; "
+            "use the torch engine, or vLLM's own --tensor-parallel-size / --data-parallel-size"
+        )
     if settings.engine in ("vllm", "vllm-sync") and importlib.util.find_spec("vllm") is None:
         raise ConfigError(
             f"engine {settings.engine} needs vLLM: pip install 'rerankd[vllm]' on GPU hosts, "
@@ -36,6 +44,20 @@ def check_engine(settings: Settings) -> None:
         )
     if settings.engine != "remote":
         check_device(settings.device)
+        if settings.devices:
+            _check_devices(settings.devices)
+
+
+def _check_devices(devices: Sequence[str]) -> None:
+    """``devices`` must name devices this host has: ``cuda:5`` on a 2-GPU node fails before binding."""
+    from rerankd.adapters.devices import expand_devices
+
+    cuda = any(d == "all" or d.startswith("cuda") for d in devices)
+    if cuda:
+        import torch  # only for accelerators: the check costs torch's import (seconds)
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expand_devices(devices, count if cuda else 0)
 
 
 def check_device(device: str) -> None:
@@ -106,4 +128,7 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         compile=settings.compile,
         shared_prefix=settings.shared_prefix,
         compile_cache_dir=settings.compile_cache_dir,
+        devices=settings.devices,
+        fault_devices=settings.fault_devices,
+        fault_after_batches=settings.fault_after_batches,
     )

@@ -1,4 +1,7 @@
-"""The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler."""
+"""The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler.
+
+With several devices (``devices``) each holds a replica of the model with its own worker thread,
+all fed by the one scheduler (data parallelism; see ``rerankd.scheduler``)."""
 
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ import torch
 
 from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
+from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish, Scheduler
+from rerankd.scheduler import DeviceStats, Finish, Replica, Runner, Scheduler
 from rerankd.threads import in_daemon_thread
 
 __all__ = ["TorchEngine", "default_batch_tokens", "pick_device", "pick_dtype"]
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-#: Scores a batch of rows computing the prefixes that the plan shares once.
+#: A head that scores rows sharing prefixes in two passes (``rerankd.adapters.prefix``).
 SharedHead = Callable[[list[list[int]], PrefixPlan], torch.Tensor]
 
 
@@ -66,22 +70,37 @@ class TorchEngine(LocalEngine):
         compile: bool = False,
         shared_prefix: bool = True,
         compile_cache_dir: str | None = None,
+        devices: Sequence[str] = (),
+        fault_devices: Sequence[int] = (),
+        fault_after_batches: int = 0,
     ) -> None:
         super().__init__(source)
         self.compile = compile
         #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
         self.shared_prefix = shared_prefix
-        self._shared: SharedHead | None = None
         self._compile_cache: CompileCache | None = None
         self._prefix_batches = 0
         self._prefix_saved = 0
-        self.device = pick_device(device)
+        labels = expand_devices(devices, torch.cuda.device_count()) if devices else []
+        self.device = pick_device(labels[0] if labels else device)
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
-        self._head: Head | None = None
         self._pad_id = 0
+        if len(labels) > 1:
+            cpu = self.device.type == "cpu"  # CPU replicas share the processor; labels tell them apart
+            self._replicas = [_Replica(self, torch.device("cpu" if cpu else x), x) for x in labels]
+        else:
+            self._replicas = [_Replica(self, self.device, str(self.device))]
+        self._main = self._replicas[0]
+        runners: list[Runner] = [
+            _faulty(r.run, fault_after_batches) if i in fault_devices else r.run
+            for i, r in enumerate(self._replicas)
+        ]
         self.scheduler = Scheduler(
-            self._run_batch,
+            [
+                Replica(r.label, run, setup=r.setup, memory=r.memory)
+                for r, run in zip(self._replicas, runners, strict=True)
+            ],
             max_batch_tokens=max_batch_tokens or default_batch_tokens(self.device),
             max_batch_size=max_batch_size,
             max_queue=max_queue,
@@ -112,18 +131,35 @@ class TorchEngine(LocalEngine):
     def _load(self) -> None:
         from transformers import AutoTokenizer
 
-        if self._threads:
+        n = len(self._replicas)
+        if n > 1 and self.device.type == "cpu":
+            # CPU replicas run at once on one processor: each forward pass gets its share of threads.
+            torch.set_num_threads(max(1, (self._threads or torch.get_num_threads()) // n))
+        elif self._threads:
             torch.set_num_threads(self._threads)
         src = self.source
         tokenizer = AutoTokenizer.from_pretrained(src.path, trust_remote_code=src.config.trust_remote_code)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.format = make_format(src.format, tokenizer, src.max_length)
-        log.info(
-            "loading %s (%s) from %s on %s as %s", src.name, src.format, src.path, self.device, self.dtype
-        )
         if self._compile_cache is not None:
             log.info("%s", self._compile_cache.activate())
-        self._head = _HEADS[src.format](self, src)
+        for replica in self._replicas:
+            log.info(
+                "loading %s (%s) from %s on %s as %s",
+                src.name,
+                src.format,
+                src.path,
+                replica.label,
+                self.dtype,
+            )
+            replica.head = _HEADS[src.format](self, src, replica)
+        if n > 1:
+            # The scheduler's warm-up reaches one replica: the first pass of each is paid here.
+            opts = EncodeOptions()
+            warm = self.format.encode("warm-up", self.format.bound_texts(["warm-up document"], opts), opts)
+            for replica in self._replicas:
+                replica.setup()
+                replica.run(warm.ids, warm.type_ids)()
 
     async def close(self) -> None:
         await self.scheduler.close()
@@ -139,12 +175,48 @@ class TorchEngine(LocalEngine):
 
     def stats(self) -> dict[str, float]:
         stats = self.scheduler.snapshot()
-        if self._shared is not None:
+        if any(r.shared is not None for r in self._replicas):
             stats["prefix_batches"] = self._prefix_batches
             stats["prefix_saved_tokens"] = self._prefix_saved
         return stats
 
+    def devices(self) -> Sequence[DeviceStats]:
+        return self.scheduler.devices()
+
     # -- scoring -----------------------------------------------------------------------------
+
+    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
+        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
+
+    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        return self._main.run(ids, type_ids)
+
+    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
+        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
+        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
+        return list(self._run_batch(ids, type_ids)())
+
+
+class _Replica:
+    """The model on one device: the head and the launch of a batch there."""
+
+    def __init__(self, engine: TorchEngine, device: torch.device, label: str) -> None:
+        self.engine = engine
+        self.device = device
+        self.label = label
+        self.head: Head | None = None
+        #: The head's two-pass form over shared prefixes, where the format and setting allow it.
+        self.shared: SharedHead | None = None
+
+    def setup(self) -> None:
+        if self.device.type == "cuda":
+            # The current CUDA device is per thread: the worker's events and copies go to this one.
+            torch.cuda.set_device(self.device)
+
+    def memory(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return float(torch.cuda.memory_allocated(self.device))
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
@@ -152,14 +224,11 @@ class TorchEngine(LocalEngine):
         # Pinned host memory lets the copy overlap with the previous batch's kernels.
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
-        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
-
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
-        """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
-        assert self._head is not None
+    def run(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Launch one batch; the returned function waits for its outputs. Worker thread only."""
+        assert self.head is not None
         with torch.inference_mode():
-            out = self._shared_batch(ids) if self._shared is not None else None
+            out = self._shared_batch(ids) if self.shared is not None else None
             if out is None:
                 out = self._padded_batch(ids, type_ids)
             if self.device.type == "cpu":
@@ -173,25 +242,29 @@ class TorchEngine(LocalEngine):
         return partial(_wait_rows, done, host)
 
     def _shared_batch(self, ids: list[list[int]]) -> torch.Tensor | None:
-        assert self._shared is not None
+        assert self.shared is not None
         plan = plan_prefixes(ids)
         if plan is None:
             return None
         try:
-            out = self._shared(ids, plan).float()
+            out = self.shared(ids, plan).float()
         except Exception:
             # The full-row path scores the same batch alike: lose the saving, never the batch.
-            log.exception("shared-prefix scoring failed; %s scores full rows from now on", self.source.name)
-            self._shared = None
+            log.exception(
+                "shared-prefix scoring failed; %s scores full rows on %s from now on",
+                self.engine.source.name,
+                self.label,
+            )
+            self.shared = None
             return None
-        self._prefix_batches += 1
-        self._prefix_saved += plan.saved
+        self.engine._prefix_batches += 1
+        self.engine._prefix_saved += plan.saved
         return out
 
     def _padded_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> torch.Tensor:
-        assert self._head is not None
+        assert self.head is not None
         longest = max(map(len, ids))
-        pad = self._pad_id
+        pad = self.engine._pad_id
         # One tensor from padded lists: far cheaper than filling row by row.
         input_ids = torch.tensor([row + [pad] * (longest - len(row)) for row in ids], dtype=torch.long)
         mask = torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in ids], dtype=torch.long)
@@ -199,12 +272,22 @@ class TorchEngine(LocalEngine):
         if type_ids is not None:
             types = torch.tensor([row + [0] * (longest - len(row)) for row in type_ids], dtype=torch.long)
             types = self._to_device(types)
-        return self._head(self._to_device(input_ids), self._to_device(mask), types).float()
+        return self.head(self._to_device(input_ids), self._to_device(mask), types).float()
 
-    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
-        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
-        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
-        return list(self._run_batch(ids, type_ids)())
+
+def _faulty(run: Runner, after: int) -> Runner:
+    """``run`` that raises from its ``after + 1``-th batch on (the ``fault_devices`` setting, for
+    fail-over tests): a replica whose forward pass keeps failing, as a broken GPU's does."""
+    count = 0
+
+    def faulty(ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        nonlocal count
+        count += 1
+        if count > after:
+            raise RuntimeError("injected fault (fault_devices): this replica's forward pass fails")
+        return run(ids, type_ids)
+
+    return faulty
 
 
 def _rows(out: torch.Tensor) -> list[Any]:
@@ -216,11 +299,11 @@ def _wait_rows(done: torch.cuda.Event, host: torch.Tensor) -> list[Any]:
     return _rows(host)
 
 
-def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource) -> Any:
+def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource, device: torch.device) -> Any:
     model = auto_class.from_pretrained(
         src.path, dtype=engine.dtype, trust_remote_code=src.config.trust_remote_code
     )
-    return model.to(engine.device).eval()
+    return model.to(device).eval()
 
 
 def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
@@ -230,13 +313,13 @@ def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
     return torch.compile(module, dynamic=True)
 
 
-def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
     """logit(yes) - logit(no) (or logit(yes) alone, for formats scored by one answer token) from
     the last hidden state and those rows of the output matrix, never the full vocabulary; the
     format's sigmoid makes it a probability."""
     from transformers import AutoModelForCausalLM
 
-    model = _load_model(engine, AutoModelForCausalLM, src)
+    model = _load_model(engine, AutoModelForCausalLM, src, replica.device)
     fmt = engine.format
     assert isinstance(fmt, LLMYesNoFormat | PairPromptFormat)
     answers = [fmt.yes_id] if fmt.no_id is None else [fmt.yes_id, fmt.no_id]
@@ -245,39 +328,37 @@ def _llm_head(engine: TorchEngine, src: ModelSource) -> Head:
     cap = getattr(model.config, "final_logit_softcapping", None)
     decoder = _maybe_compile(engine, model.get_decoder())
 
-    def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
-        # No padding mask: rows are right-padded and attention is causal, so no real token can see
-        # a pad, and positions count from 0 as they should. Without a mask SDPA can take its
-        # flash-attention kernel. Only the last real token of each row is read.
-        hidden = decoder(input_ids=input_ids).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1]
+    def answer(last: torch.Tensor) -> torch.Tensor:
         logits = last.float() @ rows.T
         if cap:
             logits = torch.tanh(logits / cap) * cap
         out: torch.Tensor = logits[:, 0] if len(answers) == 1 else logits[:, 0] - logits[:, 1]
         return out
 
+    def head(input_ids: torch.Tensor, mask: torch.Tensor, _types: torch.Tensor | None) -> torch.Tensor:
+        # No padding mask: rows are right-padded and attention is causal, so no real token can see
+        # a pad, and positions count from 0 as they should. Without a mask SDPA can take its
+        # flash-attention kernel. Only the last real token of each row is read.
+        hidden = decoder(input_ids=input_ids).last_hidden_state
+        return answer(hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1])
+
+    def shared(ids: list[list[int]], plan: PrefixPlan) -> torch.Tensor:
+        # The same outputs as ``head``, the prefixes common to adjacent rows computed once.
+        return answer(
+            shared_prefix_hidden(
+                decoder, ids, plan, pad=engine._pad_id, device=replica.device, move=replica._to_device
+            )
+        )
+
     if engine.shared_prefix:
-        engine._shared = partial(_shared_llm_head, engine, decoder, rows)
+        replica.shared = shared
     return head
 
 
-def _shared_llm_head(
-    engine: TorchEngine, decoder: Any, rows: torch.Tensor, ids: list[list[int]], plan: PrefixPlan
-) -> torch.Tensor:
-    """The LLM head over shared prefixes (``rerankd.adapters.prefix``); same outputs as ``head``."""
-    last = shared_prefix_hidden(
-        decoder, ids, plan, pad=engine._pad_id, device=engine.device, move=engine._to_device
-    )
-    logits = last.float() @ rows.T
-    diff: torch.Tensor = logits[:, 0] - logits[:, 1]
-    return diff
-
-
-def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _cross_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
     from transformers import AutoModelForSequenceClassification
 
-    model = _load_model(engine, AutoModelForSequenceClassification, src)
+    model = _load_model(engine, AutoModelForSequenceClassification, src, replica.device)
     n_labels = model.config.num_labels
     # XLM-RoBERTa's and ModernBERT's tokenizers give no segment ids; ModernBERT takes none.
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
@@ -295,10 +376,10 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
     return head
 
 
-def _bi_head(engine: TorchEngine, src: ModelSource) -> Head:
+def _bi_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
     from transformers import AutoModel
 
-    model = _maybe_compile(engine, _load_model(engine, AutoModel, src))
+    model = _maybe_compile(engine, _load_model(engine, AutoModel, src, replica.device))
     cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
@@ -324,7 +405,7 @@ def _pooling_config(src: ModelSource) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-_HEADS: dict[str, Callable[[TorchEngine, ModelSource], Head]] = {
+_HEADS: dict[str, Callable[[TorchEngine, ModelSource, _Replica], Head]] = {
     "llm-yes-no": _llm_head,
     "mxbai-rerank-v2": _llm_head,
     "bge-reranker-v2-gemma": _llm_head,

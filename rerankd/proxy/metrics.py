@@ -100,6 +100,7 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         yield from self._lifecycle()
         yield from self._engines()
+        yield from self._devices()
         yield from self._cache()
 
     def _lifecycle(self) -> Iterator[Metric]:
@@ -152,6 +153,35 @@ class ServiceCollector(Collector):
                 waits.add_metric([name], *_buckets(scheduler.stats.queue_wait))
         yield from families.values()
         yield from (tokens, depth, sizes, waits)
+
+    def _devices(self) -> Iterator[Metric]:
+        """Per device replica of each model (the torch engine; several with ``devices``)."""
+        labels = ["model", "device"]
+        up = GaugeMetricFamily("rerankd_device_up", "1 while the device's replica serves", labels=labels)
+        batches = CounterMetricFamily(
+            "rerankd_device_batches", "Forward passes run on the device", labels=labels
+        )
+        tokens = CounterMetricFamily("rerankd_device_tokens", "Real tokens run on the device", labels=labels)
+        busy = CounterMetricFamily(
+            "rerankd_device_busy_seconds",
+            "Wall time with a forward pass in flight on the device; its rate is the busy share",
+            labels=labels,
+        )
+        memory = GaugeMetricFamily(
+            "rerankd_device_memory_bytes",
+            "Device memory the replica's tensors hold (CUDA only)",
+            labels=labels,
+        )
+        for name, engine in list(self.service.engines.items()):
+            for d in engine.devices():
+                key = [name, d.device]
+                up.add_metric(key, float(d.up))
+                batches.add_metric(key, d.batches)
+                tokens.add_metric(key, d.real_tokens)
+                busy.add_metric(key, d.busy_seconds)
+                if d.memory_bytes is not None:
+                    memory.add_metric(key, d.memory_bytes)
+        yield from (up, batches, tokens, busy, memory)
 
     def _cache(self) -> Iterator[Metric]:
         scorer = self.service.scorer

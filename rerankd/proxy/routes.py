@@ -250,19 +250,40 @@ async def list_models(service: RerankService) -> ModelList:
     )
 
 
-class Status(msgspec.Struct):
+class Replicas(msgspec.Struct):
+    live: int
+    total: int
+
+
+class Status(msgspec.Struct, omit_defaults=True):
+    #: ``ok`` (/health), ``ready`` (/ready), or ``degraded``: some device replicas are taken out.
     status: str
+    #: Replicas serving, over the models run on several devices (``devices``); absent otherwise.
+    replicas: Replicas | None = None
+    #: Per model, the devices whose replica is taken out.
+    down: dict[str, list[str]] | None = None
+
+
+def _status(service: RerankService, fine: str) -> Status:
+    capacity = service.capacity()
+    if capacity is None:
+        return Status(fine)
+    replicas = Replicas(capacity.live, capacity.total)
+    if capacity.live < capacity.total:
+        return Status("degraded", replicas, capacity.down)
+    return Status(fine, replicas)
 
 
 @get("/health", summary="The process is alive")
-async def health() -> Status:
-    return Status("ok")
+async def health(service: RerankService) -> Status:
+    return _status(service, "ok")
 
 
 @get("/ready", summary="Every model is loaded and warm", responses=None)
 async def ready(service: RerankService, request: AnyRequest) -> Response[Status | ErrorBody]:
     if service.ready:
-        return Response(Status("ready"))
+        # Degraded capacity still serves: 200, with the replicas counted in the body.
+        return Response(_status(service, "ready"))
     body = ErrorBody(
         message="not ready", detail="models are loading or an engine failed", id=request_id_of(request)
     )

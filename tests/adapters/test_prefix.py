@@ -112,9 +112,9 @@ def test_a_failing_shared_pass_degrades_to_full_rows(tiny_qwen3_dir: Path) -> No
             def broken(ids: list[list[int]], plan: object) -> torch.Tensor:
                 raise RuntimeError("out of memory")  # as a device would fail it
 
-            engine._shared = broken
+            engine._replicas[0].shared = broken
             result = await engine.score(query, docs, EncodeOptions())
-            return result.scores, engine._shared is None
+            return result.scores, engine._replicas[0].shared is None
         finally:
             await engine.close()
 

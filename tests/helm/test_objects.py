@@ -64,6 +64,21 @@ def test_multi_gpu_pod_gets_as_many_gpus_as_tensor_parallel_ranks() -> None:
     assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
 
+def test_data_parallel_values_run_a_replica_on_every_gpu() -> None:
+    rendered = render([CI["data-parallel"]])
+    c = container(rendered)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 4
+    cfg = config_file(rendered)
+    assert cfg["engine"] == "torch"
+    assert cfg["devices"] == ["all"]
+
+
+def test_more_devices_than_gpus_is_refused() -> None:
+    error = render_error(sets={"gpu.count": "1", "config.devices": "{cuda:0,cuda:1}"})
+    assert "config.devices names 2 devices" in error
+
+
 def test_gpu_resource_name_is_configurable() -> None:
     c = container(render(sets={"gpu.resourceName": "amd.com/gpu", "gpu.count": "4"}))
     assert c["resources"]["limits"]["amd.com/gpu"] == 4

@@ -197,6 +197,10 @@ service: {{ include "rerankd.fullname" . }}
 {{- if and .Values.gpu.enabled (gt $tp (int .Values.gpu.count)) -}}
 {{- fail (printf "config.tensor_parallel_size (%d) needs at least as many GPUs per pod: raise gpu.count (%d)" $tp (int .Values.gpu.count)) -}}
 {{- end -}}
+{{- $devices := default list (index .Values.config "devices") -}}
+{{- if and .Values.gpu.enabled (not (has "all" $devices)) (gt (len $devices) (int .Values.gpu.count)) -}}
+{{- fail (printf "config.devices names %d devices, more than the pod's GPUs: raise gpu.count (%d) or use devices: [all]" (len $devices) (int .Values.gpu.count)) -}}
+{{- end -}}
 {{- $grace := int (default 30 (index .Values.config "shutdown_grace_s")) -}}
 {{- $drain := add (int .Values.preStopSleepSeconds) $grace -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) $drain -}}
