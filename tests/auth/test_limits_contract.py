@@ -114,8 +114,10 @@ async def test_replicas_share_one_bucket(clean_redis: RedisServer) -> None:
 async def test_an_unreachable_redis_raises_unavailable_then_backs_off() -> None:
     limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        with pytest.raises(KeyStoreUnavailable, match="Redis"):
-            await limiter.admit(key())
+        for _ in range(limiter.shared.breaker.threshold):  # the breaker opens after these faults
+            with pytest.raises(KeyStoreUnavailable, match="Redis"):
+                await limiter.admit(key())
+        assert limiter.shared.breaker.is_open
         with pytest.raises(KeyStoreUnavailable, match="a moment ago"):
             await limiter.charge(key(), tokens=1, search_units=1)
     finally:

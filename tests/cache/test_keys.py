@@ -15,7 +15,8 @@ def test_one_key_per_document_stable_across_calls() -> None:
     keys = pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys == pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys[0] == keys[2] != keys[1]
-    assert all(k.startswith(KEY_PREFIX) and len(k) == len(KEY_PREFIX) + 16 for k in keys)
+    # prefix, an 8-byte hash tag "{......}", the 16-byte digest
+    assert all(k.startswith(KEY_PREFIX + b"{") and len(k) == len(KEY_PREFIX) + 8 + 16 for k in keys)
     assert pair_keys(CONTEXT, "query", ["b"]) == [keys[1]]  # a pair's key ignores its neighbours
 
 
