@@ -165,6 +165,11 @@ class SharedRedis:
             "client_name": "rerankd",
         }
         self.client: Redis | RedisCluster = self._connect(self.target, options)
+        #: A cluster client reads the slot map once before its first command: many first commands
+        #: at once (a burst of requests at start-up) broke one another's connections in redis-py,
+        #: so callers check this flag and let :meth:`warm_up` read the map once, under a lock.
+        self.cold = self.cluster
+        self._warming = asyncio.Lock()
 
     @property
     def cluster(self) -> bool:
@@ -198,9 +203,18 @@ class SharedRedis:
         )
         return master
 
+    async def warm_up(self) -> None:
+        """Read the cluster's slot map if not read yet; raises one of :data:`FAULTS` on failure."""
+        async with self._warming:
+            if self.cold and isinstance(self.client, RedisCluster):
+                await self.client.initialize()
+            self.cold = False
+
     async def ping(self, timeout_s: float = 1.0) -> None:
         """Raises one of :data:`FAULTS` when Redis does not answer within ``timeout_s``."""
         async with asyncio.timeout(timeout_s):
+            if self.cold:
+                await self.warm_up()
             await self.client.ping()
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ no per-key limits and nothing for a cost known only after the response, hence th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from redis.exceptions import NoScriptError
 
 from rerankd.auth.keys import KeyRecord
 from rerankd.auth.store import auth_prefix, connect_redis
@@ -230,6 +232,25 @@ def _keys(prefix: str, name: str) -> tuple[str, str, str]:
     return f"{base}:rpm", f"{base}:tpm", f"{base}:usage"
 
 
+class _Script:
+    """A Lua script run by its digest; where a server does not know it yet (first use, a restart,
+    a failover), by its text, which caches it there. Not redis-py's ``Script``: on a miss that
+    loads it on every primary of a cluster, and many requests doing so at once broke their
+    connections."""
+
+    def __init__(self, redis: SharedRedis, source: str) -> None:
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, *, keys: list[str], args: list[int]) -> Any:
+        client = self._redis.client
+        try:
+            return await client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self._source, len(keys), *keys, *args)
+
+
 class RedisLimiter(Limiter):
     """Limits and usage shared by every replica that uses this Redis.
 
@@ -243,9 +264,9 @@ class RedisLimiter(Limiter):
         self.shared, self._own = connect_redis(redis, prefix)
         self.redis = self.shared.client
         self._prefix = auth_prefix(self.shared.prefix)
-        self._admit = self.redis.register_script(_ADMIT)
-        self._reserve = self.redis.register_script(_RESERVE)
-        self._settle = self.redis.register_script(_SETTLE)
+        self._admit = _Script(self.shared, _ADMIT)
+        self._reserve = _Script(self.shared, _RESERVE)
+        self._settle = _Script(self.shared, _SETTLE)
 
     def _keys(self, name: str) -> tuple[str, str, str]:
         return _keys(self._prefix, name)
@@ -256,6 +277,8 @@ class RedisLimiter(Limiter):
             raise KeyStoreUnavailable(f"cannot {what}: Redis did not answer a moment ago")
         try:
             async with asyncio.timeout(self.TIMEOUT_S):
+                if self.shared.cold:
+                    await self.shared.warm_up()
                 result = await call()
         except FAULTS as exc:
             breaker.failure(exc)

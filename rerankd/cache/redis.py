@@ -88,6 +88,8 @@ class RedisStore(CacheStore):
             return [None] * len(keys)
         try:
             async with asyncio.timeout(self.timeout_s):
+                if self.redis.cold:
+                    await self.redis.warm_up()
                 values = await self._mget(keys)
         except _FAULTS as exc:
             self._fault(exc)
@@ -146,6 +148,8 @@ class RedisStore(CacheStore):
             return
         try:
             async with asyncio.timeout(self.write_timeout_s):
+                if self.redis.cold:
+                    await self.redis.warm_up()
                 pipe = self._client.pipeline(transaction=False)
                 for key, value in items:
                     pipe.set(key, value, ex=ttl_s)
