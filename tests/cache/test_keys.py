@@ -73,3 +73,19 @@ def test_anything_else_decodes_to_a_miss(raw: bytes) -> None:
     assert decode_value(raw) is None
     good = encode_value(PairScore(0.25, 3, 1))
     assert decode_values([good, raw, None]) == ([PairScore(0.25, 3, 1), None, None], 1)
+
+
+def test_a_requests_keys_share_one_cluster_slot_and_queries_spread() -> None:
+    from redis.crc import key_slot
+
+    docs = [f"document {i}" for i in range(50)]
+    assert len({key_slot(k) for k in pair_keys(CONTEXT, "one query", docs)}) == 1
+    # Other queries (or contexts) land elsewhere: load spreads over the cluster by query.
+    slots = {key_slot(pair_keys(CONTEXT, f"query {i}", ["d"])[0]) for i in range(50)}
+    assert len(slots) > 40
+
+
+def test_the_deployment_prefix_starts_every_key() -> None:
+    keys = pair_keys(CONTEXT, "q", ["a", "b"], prefix=b"staging:")
+    assert all(k.startswith(b"staging:pair:{") for k in keys)
+    assert set(keys).isdisjoint(pair_keys(CONTEXT, "q", ["a", "b"]))
