@@ -1,4 +1,4 @@
-"""The one circuit breaker: for Redis (cache, key store, limits share one per Redis) and for each
+"""The one circuit breaker: for Redis (the cache and the limits share one per Redis) and for each
 upstream of the remote engine.
 
 Closed → open after ``threshold`` consecutive faults; while open, calls are skipped until the

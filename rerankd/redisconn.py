@@ -1,5 +1,6 @@
 """One Redis for the whole process: the cache, the key store, rate limits and token reservations
-share one client (one connection pool), one key prefix and one circuit breaker.
+share one client (one connection pool) and one key prefix; the cache and the limits (which sit on
+the request path) one circuit breaker, while the key store is read by a background poll.
 
 The URL picks the deployment:
 
