@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -392,26 +390,3 @@ def test_notes_show_how_to_call_the_service() -> None:
     assert "authorization: Bearer" in notes
     assert '"model": "qwen3-reranker"' in notes
     assert "WARNING" not in notes
-
-
-@pytest.mark.parametrize(
-    ("url", "expanded"),
-    [
-        (
-            "redis+sentinel://s1:26379,s2:26379/mymaster/0",
-            "redis+sentinel://:$(REDIS_PASSWORD)@s1:26379,s2:26379/mymaster/0",
-        ),
-        ("redis+cluster://n1:6379,n2:6379", "redis+cluster://:$(REDIS_PASSWORD)@n1:6379,n2:6379"),
-    ],
-)
-def test_external_sentinel_and_cluster_urls_take_the_password(
-    url: str, expanded: str, tmp_path: Path
-) -> None:
-    values = tmp_path / "values.yaml"
-    values.write_text(
-        json.dumps(
-            {"redis": {"external": {"url": url, "existingSecret": "redis-auth", "existingSecretKey": "pw"}}}
-        )
-    )
-    env = env_of(container(render([values])))
-    assert env["RERANKD_REDIS_URL"]["value"] == expanded
