@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,7 +243,7 @@ class _Script:
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, *, keys: list[str], args: list[int]) -> Any:
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         client = self._redis.client
         try:
             return await client.evalsha(self._sha, len(keys), *keys, *args)
