@@ -65,7 +65,10 @@ def _serve_parser(sub: Any) -> None:
         help="cache scored pairs (default on); --no-cache: off",
     )
     p.add_argument(
-        "--redis-url", dest="redis_url", help="redis://, rediss:// or unix:// (default: in-process)"
+        "--redis-url",
+        dest="redis_url",
+        help="redis://, rediss://, unix://, redis+sentinel://H:P,.../MASTER, redis+cluster://H:P,... "
+        "(default: in-process)",
     )
     p.add_argument("--cache-ttl-s", type=int, dest="cache_ttl_s", help="seconds a cached pair lives (7 days)")
     p.add_argument(
@@ -115,6 +118,11 @@ def _serve_parser(sub: Any) -> None:
         help="where hub models are downloaded and found (default HF_HUB_CACHE, else HF_HOME/hub)",
     )
     _engine_flags(p)
+    p.add_argument(
+        "--redis-prefix",
+        dest="redis_prefix",
+        help="prefix of every name in Redis, for deployments sharing one (default rerankd:)",
+    )
     _torch_flags(p)
 
 

@@ -82,8 +82,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # -- per-pair result cache (docs/cache.md) --
     #: Cache every scored (query, document) pair; false: no cache reads, writes or coalescing.
     cache: bool = True
-    #: A shared cache: redis://, rediss:// (TLS) or unix:// URL. Unset: an in-process LRU.
-    redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://.")] | None = None
+    #: A shared cache: redis://, rediss:// (TLS) or unix:// URL, redis+sentinel://h:p,h:p/MASTER or
+    #: redis+cluster://h:p,h:p (rediss+ for TLS). Unset: an in-process LRU.
+    redis_url: (
+        Annotated[str, Meta(pattern=r"^(redis|rediss|unix|rediss?\+sentinel|rediss?\+cluster)://.")] | None
+    ) = None
     cache_ttl_s: PositiveInt = 7 * 24 * 3600
     #: Time budget of one cache read; beyond it the request is scored uncached.
     cache_timeout_ms: PositiveFloat = 50.0
@@ -167,6 +170,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: need this to take a replica down for real.
     fault_devices: tuple[Annotated[int, Meta(ge=0)], ...] = ()
     fault_after_batches: Annotated[int, Meta(ge=0)] = 0
+
+    # -- Redis deployments (docs/deploy.md) --------------------------------------------------
+    #: Starts every name rerankd keeps in Redis (cached pairs, key records, limits, usage), so that
+    #: deployments can share one Redis without sharing entries. No braces: they would make a
+    #: Redis Cluster hash tag of it and put every key in one slot.
+    redis_prefix: Annotated[str, Meta(max_length=64, pattern=r"^[^{}\s]*$")] = "rerankd:"
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -61,9 +61,13 @@ class _Fresh:
 class PairScorer:
     """Scores documents against a query with an engine; with a store, through the cache."""
 
-    def __init__(self, store: CacheStore | None, *, ttl_s: int, write_queue: int) -> None:
+    def __init__(
+        self, store: CacheStore | None, *, ttl_s: int, write_queue: int, key_prefix: str = "rerankd:"
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        #: The deployment's Redis prefix: deployments sharing a Redis never share pairs.
+        self.key_prefix = key_prefix.encode()
         self._coalescer: Coalescer[PairScore] = Coalescer()
         self._writer = (
             WriteBehind(store, ttl_s=ttl_s, max_pending=write_queue, on_written=self._coalescer.release)
@@ -108,7 +112,7 @@ class PairScorer:
         if self.store is None:
             r = await engine.score(query, documents, opts, deadline=deadline)
             return Scored(r.scores, r.n_tokens, r.n_chunks)
-        keys = pair_keys(context, query, documents)
+        keys = pair_keys(context, query, documents, prefix=self.key_prefix)
         found: list[PairScore | None]
         if policy.read:
             raws = await self.store.get_many(keys)

@@ -33,6 +33,7 @@ from rerankd.errors import (
     ShuttingDown,
     Timeout,
 )
+from rerankd.redisconn import SharedRedis
 from rerankd.requester import Requester, requested_by
 from rerankd.scoring import READ_WRITE, CachePolicy, PairScorer, Scored
 from rerankd.threads import in_daemon_thread
@@ -103,8 +104,17 @@ class RerankService:
     #: Seconds between "still loading" log lines while a model loads and warms up.
     LOAD_PROGRESS_S = 15.0
 
-    def __init__(self, settings: Settings, *, engine_factory: EngineFactory = build_engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine_factory: EngineFactory = build_engine,
+        redis: SharedRedis | None = None,
+    ) -> None:
         self.settings = settings
+        #: The one Redis client of the process (cache, keys, limits), when Redis is configured;
+        #: the service owns it and closes it last.
+        self.redis = redis if redis is not None else open_redis(settings)
         configs = settings.models or (embedded_model(),)
         self.configs: dict[str, ModelConfig] = {c.name: c for c in configs}
         check_engine(settings)
@@ -123,7 +133,7 @@ class RerankService:
         #: Requests being scored, so that shutdown can end them with an answer (abort_in_flight).
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._aborting = False
-        self.scorer = _build_scorer(settings)
+        self.scorer = _build_scorer(settings, self.redis)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -194,6 +204,8 @@ class RerankService:
         for engine in self.engines.values():
             await engine.close()
         await self.scorer.close()
+        if self.redis is not None:
+            await self.redis.close()
 
     @property
     def ready(self) -> bool:
@@ -339,16 +351,28 @@ class RerankService:
             raise EngineFailure() from exc
 
 
-def _build_scorer(settings: Settings) -> PairScorer:
+def open_redis(settings: Settings) -> SharedRedis | None:
+    """The process's Redis client when ``redis_url`` is set (no connection is made yet)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        return SharedRedis(settings.redis_url, prefix=settings.redis_prefix)
+    except ValueError as exc:  # the URL or one of its options is not one redis-py takes
+        raise ConfigError(f"invalid redis_url: {exc}") from exc
+
+
+def _build_scorer(settings: Settings, redis: SharedRedis | None) -> PairScorer:
     if not settings.cache:
         return PairScorer(None, ttl_s=settings.cache_ttl_s, write_queue=settings.cache_write_queue)
-    try:
-        store = build_store(
-            settings.redis_url,
-            timeout_s=settings.cache_timeout_ms / 1000,
-            max_entries=settings.cache_max_entries,
-            max_bytes=settings.cache_max_bytes,
-        )
-    except ValueError as exc:  # redis-py rejects the URL or one of its options
-        raise ConfigError(f"invalid redis_url: {exc}") from exc
-    return PairScorer(store, ttl_s=settings.cache_ttl_s, write_queue=settings.cache_write_queue)
+    store = build_store(
+        redis,
+        timeout_s=settings.cache_timeout_ms / 1000,
+        max_entries=settings.cache_max_entries,
+        max_bytes=settings.cache_max_bytes,
+    )
+    return PairScorer(
+        store,
+        ttl_s=settings.cache_ttl_s,
+        write_queue=settings.cache_write_queue,
+        key_prefix=settings.redis_prefix,
+    )

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.tiny_qwen3 import build as build_tiny_qwen3
-from tests.servers import RedisServer, RerankdServer, redis_server, rerankd_server
+from tests.servers import (
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    RerankdServer,
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+    rerankd_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +37,32 @@ def redis() -> Iterator[RedisServer]:
     """A private Redis server on a free port, stopped after the test."""
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def session_cluster() -> Iterator[RedisCluster]:
+    """One 3-node Redis Cluster for the session; ``cluster`` empties it for each test."""
+    with redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(session_cluster: RedisCluster) -> RedisCluster:
+    session_cluster.flush()
+    return session_cluster
+
+
+@pytest.fixture(scope="session")
+def session_sentinel() -> Iterator[RedisSentinel]:
+    """A master, a replica and a Sentinel for the session; ``sentinel`` empties it for each test."""
+    with redis_sentinel() as setup:
+        yield setup
+
+
+@pytest.fixture
+def sentinel(session_sentinel: RedisSentinel) -> RedisSentinel:
+    session_sentinel.flush()
+    return session_sentinel
 
 
 @pytest.fixture(scope="session")

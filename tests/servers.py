@@ -26,11 +26,15 @@ from rerankd.service import EngineFactory, RerankService
 
 __all__ = [
     "InProcessServer",
+    "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "RerankdServer",
     "VLLMServer",
     "free_port",
     "inprocess_server",
+    "redis_cluster",
+    "redis_sentinel",
     "redis_server",
     "rerankd_server",
     "vllm_server",
@@ -288,3 +292,196 @@ def vllm_server(args: Sequence[str], *, env: Mapping[str, str] | None = None) ->
     finally:
         server.kill(signal.SIGTERM)
         log.unlink(missing_ok=True)
+
+
+# -- Redis Cluster and Sentinel ------------------------------------------------------------------
+
+
+def _redis_info(port: int, section: str) -> dict[str, str]:
+    """``INFO section`` (or ``CLUSTER INFO`` for ``"cluster"``) as a mapping, via a raw socket."""
+    import redis as redis_sync
+
+    with redis_sync.Redis(port=port, socket_timeout=2) as client:
+        if section == "cluster":
+            raw = client.execute_command("CLUSTER", "INFO")
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+        return {k: str(v) for k, v in client.info(section).items()}
+
+
+@dataclass
+class RedisCluster:
+    """Three primaries (no replicas) owning all 16384 slots, on loopback ports."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def flush(self) -> None:
+        import redis as redis_sync
+
+        for node in self.nodes:
+            if node.process.poll() is None:
+                with redis_sync.Redis(port=node.port) as client:
+                    client.flushall()
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        live = [n for n in self.nodes if n.process.poll() is None]
+        wait_for(
+            lambda: all(_redis_info(n.port, "cluster").get("cluster_state") == "ok" for n in live),
+            timeout,
+            "cluster_state:ok on every node",
+        )
+
+
+@contextmanager
+def redis_cluster(size: int = 3) -> Iterator[RedisCluster]:
+    """``size`` ``redis-server --cluster-enabled yes`` joined by ``redis-cli --cluster create``."""
+    folder = Path(tempfile.mkdtemp(prefix="rerankd-cluster-"))
+    nodes: list[RedisServer] = []
+    try:
+        for _ in range(size):
+            port = free_port()
+            args: tuple[str, ...] = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+            )
+            # The bus port defaults to port + 10000, which may be out of range or taken.
+            args += ("--cluster-node-timeout", "2000", "--cluster-port", str(free_port()))
+            nodes.append(RedisServer(port, _spawn_redis(port, folder, args), folder, args))
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cluster = RedisCluster(nodes)
+        cluster.wait_ok()
+        yield cluster
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class RedisSentinel:
+    """A master, its replica and Sentinels watching them (quorum 1), on loopback ports."""
+
+    master_name: str
+    servers: list[RedisServer]
+    sentinels: list[subprocess.Popen[bytes]]
+    sentinel_ports: list[int]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.master_name}/0"
+
+    def master_port(self) -> int:
+        import redis as redis_sync
+
+        with redis_sync.Redis(port=self.sentinel_ports[0], socket_timeout=2) as s:
+            _, port = s.sentinel_get_master_addr_by_name(self.master_name)
+        return int(port)
+
+    def flush(self) -> None:
+        import redis as redis_sync
+
+        with redis_sync.Redis(port=self.master_port()) as client:
+            client.flushall()
+
+    def wait_replicated(self, timeout: float = 30) -> None:
+        """Until the replica is in sync and the Sentinels know it (a failover needs both)."""
+        import redis as redis_sync
+
+        master = self.master_port()
+        replicas = [s.port for s in self.servers if s.port != master]
+
+        def ready() -> bool:
+            if any(_redis_info(p, "replication").get("master_link_status") != "up" for p in replicas):
+                return False
+            for port in self.sentinel_ports:
+                with redis_sync.Redis(port=port, socket_timeout=2) as s:
+                    known = s.sentinel_slaves(self.master_name)
+                if not known or any(r.get("is_sdown") or r.get("is_disconnected") for r in known):
+                    return False
+            return True
+
+        wait_for(ready, timeout, "the replica in sync and known to the Sentinels")
+
+    def failover(self, timeout: float = 30) -> int:
+        """``SENTINEL FAILOVER``; waits until the replica is the master; returns its port."""
+        import redis as redis_sync
+
+        old = self.master_port()
+        with redis_sync.Redis(port=self.sentinel_ports[0], socket_timeout=5) as s:
+            s.sentinel_failover(self.master_name)
+        wait_for(
+            lambda: (
+                self.master_port() != old
+                and _redis_info(self.master_port(), "replication")["role"] == "master"
+            ),
+            timeout,
+            "the failover to finish",
+        )
+        return self.master_port()
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        for server in self.servers:
+            server.stop()
+
+
+@contextmanager
+def redis_sentinel(n_sentinels: int = 1, master_name: str = "rerankd-master") -> Iterator[RedisSentinel]:
+    folder = Path(tempfile.mkdtemp(prefix="rerankd-sentinel-"))
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+    setup = RedisSentinel(master_name, [], [], [])
+    try:
+        master_port, replica_port = free_port(), free_port()
+        setup.servers.append(RedisServer(master_port, _spawn_redis(master_port, folder), folder))
+        replica_args = ("--replicaof", "127.0.0.1", str(master_port))
+        replica = RedisServer(
+            replica_port, _spawn_redis(replica_port, folder, replica_args), folder, replica_args
+        )
+        setup.servers.append(replica)
+        for i in range(n_sentinels):
+            port = free_port()
+            conf = folder / f"sentinel-{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n"
+                f"sentinel down-after-milliseconds {master_name} 1000\n"
+                f"sentinel failover-timeout {master_name} 10000\n"
+            )
+            proc = subprocess.Popen(
+                [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            setup.sentinels.append(proc)
+            setup.sentinel_ports.append(port)
+
+            def accepting(p: int = port) -> bool:
+                with socket.create_connection(("127.0.0.1", p), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+
+            wait_for(accepting, 10, f"sentinel on port {port}")
+        setup.wait_replicated()
+        yield setup
+    finally:
+        setup.stop()
+        shutil.rmtree(folder, ignore_errors=True)

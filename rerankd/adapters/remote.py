@@ -22,6 +22,7 @@ import msgspec
 from rerankd.adapters.base import Engine, ScoreResult
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource
+from rerankd.breaker import Breaker
 from rerankd.config import Settings
 from rerankd.errors import EngineFailure, EngineUnavailable, Timeout
 
@@ -29,7 +30,7 @@ __all__ = ["UPSTREAM_APIS", "RemoteEngine", "UpstreamApi"]
 
 log = logging.getLogger(__name__)
 
-#: An upstream that could not be reached is skipped (and /ready is false when all are) this long.
+#: An upstream that could not be reached is tried last (and /ready is false when all are) this long.
 COOLDOWN_S = 5.0
 _RETRY_STATUSES = {408, 429}
 
@@ -139,7 +140,18 @@ class RemoteEngine(Engine):
         self._timeout = settings.upstream_timeout_s
         self._max_connections = settings.upstream_max_connections
         self._client: httpx.AsyncClient | None = None
-        self._down_until = dict.fromkeys(self.upstreams, 0.0)
+        # One breaker per upstream, opened by one unreachable attempt; an open one is still tried
+        # after the others (its probe, or a last resort), which is how a restart is noticed.
+        self._breakers = {
+            u: Breaker(
+                f"upstream {u}",
+                threshold=1,
+                backoff_s=COOLDOWN_S,
+                max_backoff_s=COOLDOWN_S,
+                meanwhile="trying the other upstreams first",
+            )
+            for u in self.upstreams
+        }
         self._next = 0
         self._counts = {"requests": 0, "attempts": 0, "failed_attempts": 0}
 
@@ -155,8 +167,7 @@ class RemoteEngine(Engine):
 
     @property
     def healthy(self) -> bool:
-        now = time.monotonic()
-        return self._client is not None and any(until <= now for until in self._down_until.values())
+        return self._client is not None and any(b.available for b in self._breakers.values())
 
     @property
     def cache_tag(self) -> str:
@@ -176,8 +187,7 @@ class RemoteEngine(Engine):
         start = self._next % len(self.upstreams)
         self._next += 1
         rotated = self.upstreams[start:] + self.upstreams[:start]
-        now = time.monotonic()
-        return sorted(rotated, key=lambda u: self._down_until[u] > now)
+        return sorted(rotated, key=lambda u: not self._breakers[u].available)
 
     async def score(
         self, query: str, documents: Sequence[str], opts: EncodeOptions, *, deadline: float | None = None
@@ -198,8 +208,7 @@ class RemoteEngine(Engine):
                 # sigmoid head; a bi-encoder's cosine cannot be recovered this way).
                 scores = [_logit(s) for s in scores]
             return ScoreResult(scores, tokens, len(documents))
-        now = time.monotonic()
-        wait = min(until - now for until in self._down_until.values())
+        wait = min(b.retry_in() for b in self._breakers.values())
         raise EngineUnavailable(
             f"no upstream could score the request ({len(self.upstreams)} tried)", retry_after=max(1.0, wait)
         )
@@ -214,6 +223,8 @@ class RemoteEngine(Engine):
             if timeout <= 0:
                 raise Timeout()
         self._counts["attempts"] += 1
+        breaker = self._breakers[upstream]
+        breaker.allow()  # claims the probe when one is due; tried regardless (see __init__)
         try:
             resp = await self._client.post(
                 upstream + self.api.path,
@@ -222,8 +233,12 @@ class RemoteEngine(Engine):
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             )
         except httpx.TransportError as exc:  # refused, reset, timed out
-            self._down_until[upstream] = time.monotonic() + COOLDOWN_S
+            breaker.failure(exc)
             raise _Retry(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            breaker.abandon()
+            raise
+        breaker.success()  # it answered: reachable, whatever the status
         if resp.status_code >= 500 or resp.status_code in _RETRY_STATUSES:
             raise _Retry(f"HTTP {resp.status_code}: {resp.text[:200]}")
         if resp.status_code != 200:

@@ -45,6 +45,11 @@ def add_parser(sub: Any) -> None:
         dest="redis_url",
         help="Redis for keys (without a keys file) and usage; env RERANKD_REDIS_URL",
     )
+    store.add_argument(
+        "--redis-prefix",
+        dest="redis_prefix",
+        help="prefix of the deployment's names in Redis (default rerankd:); env RERANKD_REDIS_PREFIX",
+    )
     keys = sub.add_parser(
         "keys",
         help="manage API keys",
@@ -87,6 +92,7 @@ def add_parser(sub: Any) -> None:
 def run(ns: argparse.Namespace) -> int:
     """Run a ``keys`` command; errors become one line on stderr and exit status 1."""
     flags = {"config": ns.config, "keys_file": ns.keys_file, "redis_url": ns.redis_url}
+    flags["redis_prefix"] = ns.redis_prefix
     settings = load_settings(flags)
     try:
         return asyncio.run(_run(ns, settings))
@@ -208,7 +214,7 @@ async def _usage(ns: argparse.Namespace, settings: Settings, store: KeyStore) ->
         names = [ns.name]
     else:
         names = sorted(r.name for r in await store.records())
-    limiter = RedisLimiter(settings.redis_url)
+    limiter = RedisLimiter(settings.redis_url, prefix=settings.redis_prefix)
     try:
         if ns.by is not None:
             split = {name: _split_by(await limiter.usage_split(name), ns.by) for name in names}

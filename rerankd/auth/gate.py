@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 
 from rerankd.auth.keys import KeyRecord, digest_of
 from rerankd.auth.limits import Limiter, MemoryLimiter, RedisLimiter
-from rerankd.auth.store import FileKeyStore, KeyStore, RedisKeyStore, StaticKeyStore, connect_redis
+from rerankd.auth.store import FileKeyStore, KeyStore, RedisKeyStore, StaticKeyStore
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, KeyStoreUnavailable, RateLimited, Unauthorized
+from rerankd.redisconn import SharedRedis
 
 __all__ = ["Gate", "build_gate", "check_exposure", "is_loopback", "open_store"]
 
@@ -214,30 +215,32 @@ def open_store(settings: Settings) -> KeyStore | None:
     if settings.keys_file:
         return FileKeyStore(settings.keys_file)
     if settings.redis_url:
-        return RedisKeyStore(settings.redis_url)
+        return RedisKeyStore(settings.redis_url, prefix=settings.redis_prefix)
     return None
 
 
-def build_gate(settings: Settings) -> Gate:
+def build_gate(settings: Settings, *, redis: SharedRedis | None = None) -> Gate:
+    """``redis``: the process's one Redis client (the service's), shared by keys, limits, usage
+    and the cache; without it, a gate over Redis opens and closes a client of its own."""
     if settings.auth == "off":
         return Gate(mode="off")
     store: KeyStore | None
     if settings.redis_url:
-        # One connection pool for keys, limits and usage.
-        client = connect_redis(settings.redis_url)
+        own = redis is None
+        shared = redis or SharedRedis(settings.redis_url, prefix=settings.redis_prefix)
         store = (
             StaticKeyStore(settings.api_keys)
             if settings.api_keys
             else FileKeyStore(settings.keys_file)
             if settings.keys_file
-            else RedisKeyStore(settings.redis_url, client=client)
+            else RedisKeyStore(shared)
         )
         return Gate(
             mode=settings.auth,
             loopback=is_loopback(settings.host),
             store=store,
-            limiter=RedisLimiter(settings.redis_url, client=client),
-            on_close=client.aclose,
+            limiter=RedisLimiter(shared),
+            on_close=shared.close if own else None,
         )
     store = open_store(settings)
     return Gate(mode=settings.auth, loopback=is_loopback(settings.host), store=store)

@@ -20,19 +20,21 @@ no per-key limits and nothing for a cost known only after the response, hence th
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError
 
 from rerankd.auth.keys import KeyRecord
-from rerankd.auth.store import REDIS_PREFIX, connect_redis
+from rerankd.auth.store import auth_prefix, connect_redis
 from rerankd.errors import KeyStoreUnavailable
+from rerankd.redisconn import DEFAULT_PREFIX, FAULTS, SharedRedis
 
 __all__ = ["KeyUsage", "Limiter", "MemoryLimiter", "ModelDayUsage", "RedisLimiter"]
 
@@ -265,48 +267,83 @@ return 0
 )
 
 
-def _keys(name: str) -> tuple[str, str, str]:
+def _keys(prefix: str, name: str) -> tuple[str, str, str]:
     # The {name} hash tag keeps one key's three entries in one Redis Cluster slot, as scripts need.
-    base = f"{REDIS_PREFIX}{{{name}}}"
+    base = f"{prefix}{{{name}}}"
     return f"{base}:rpm", f"{base}:tpm", f"{base}:usage"
 
 
-def _split_key(name: str) -> str:
-    return f"{REDIS_PREFIX}{{{name}}}:usage:split"
+def _split_key(prefix: str, name: str) -> str:
+    return f"{prefix}{{{name}}}:usage:split"
+
+
+class _Script:
+    """A Lua script run by its digest; where a server does not know it yet (first use, a restart,
+    a failover), by its text, which caches it there. Not redis-py's ``Script``: on a miss that
+    loads it on every primary of a cluster, and many requests doing so at once broke their
+    connections."""
+
+    def __init__(self, redis: SharedRedis, source: str) -> None:
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        client = self._redis.client
+        try:
+            return await client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self._source, len(keys), *keys, *args)
 
 
 class RedisLimiter(Limiter):
-    """Limits and usage shared by every replica that uses this Redis."""
+    """Limits and usage shared by every replica that uses this Redis.
 
-    #: After a failure, skip Redis this long: a dead Redis costs requests nothing but a log line.
-    BACKOFF_S = 2.0
+    Calls go through the Redis breaker (shared with the cache): while it is open they are refused
+    at once, so a dead Redis costs requests nothing but a log line."""
 
-    def __init__(self, url: str, *, client: Redis | None = None) -> None:
-        self._own = client is None
-        self.redis = client or connect_redis(url)
-        self._admit = self.redis.register_script(_ADMIT)
-        self._reserve = self.redis.register_script(_RESERVE)
-        self._settle = self.redis.register_script(_SETTLE)
-        self._down_until = 0.0
+    #: Budget of one call; limits sit on the request path.
+    TIMEOUT_S = 1.0
+
+    def __init__(self, redis: SharedRedis | str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.shared, self._own = connect_redis(redis, prefix)
+        self.redis = self.shared.client
+        self._prefix = auth_prefix(self.shared.prefix)
+        self._admit = _Script(self.shared, _ADMIT)
+        self._reserve = _Script(self.shared, _RESERVE)
+        self._settle = _Script(self.shared, _SETTLE)
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        return _keys(self._prefix, name)
 
     async def _run(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        if time.monotonic() < self._down_until:
+        breaker = self.shared.breaker
+        if not breaker.allow():
             raise KeyStoreUnavailable(f"cannot {what}: Redis did not answer a moment ago")
         try:
-            return await call()
-        except (RedisError, OSError) as exc:
-            self._down_until = time.monotonic() + self.BACKOFF_S
-            raise KeyStoreUnavailable(f"cannot {what}: Redis: {exc}") from exc
+            async with asyncio.timeout(self.TIMEOUT_S):
+                if self.shared.cold:
+                    await self.shared.warm_up()
+                result = await call()
+        except FAULTS as exc:
+            breaker.failure(exc)
+            raise KeyStoreUnavailable(f"cannot {what}: Redis: {exc or 'no answer in time'}") from exc
+        except BaseException:
+            breaker.abandon()
+            raise
+        breaker.success()
+        return result
 
     async def admit(self, key: KeyRecord) -> float:
         args = [key.rpm or 0, key.tpm or 0]
-        wait = await self._run("check limits", lambda: self._admit(keys=list(_keys(key.name)), args=args))
+        keys = list(self._keys(key.name))
+        wait = await self._run("check limits", lambda: self._admit(keys=keys, args=args))
         return float(wait)
 
     async def reserve(self, key: KeyRecord, tokens: int) -> float:
         if not key.tpm:
             return 0.0
-        _, tpm, usage = _keys(key.name)
+        _, tpm, usage = self._keys(key.name)
         args = [key.tpm, tokens]
         wait = await self._run("check limits", lambda: self._reserve(keys=[tpm, usage], args=args))
         return float(wait)
@@ -314,13 +351,14 @@ class RedisLimiter(Limiter):
     async def settle(
         self, key: KeyRecord, *, reserved: int, tokens: int, search_units: int, model: str = ""
     ) -> None:
-        _, tpm, usage = _keys(key.name)
+        _, tpm, usage = self._keys(key.name)
         args: list[int | str] = [key.tpm or 0, reserved, tokens, search_units, model]
-        keys = [tpm, usage, _split_key(key.name)]
+        keys = [tpm, usage, _split_key(self._prefix, key.name)]
         await self._run("record usage", lambda: self._settle(keys=keys, args=args))
 
     async def usage(self, name: str) -> KeyUsage:
-        raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_keys(name)[2]))
+        usage_key = self._keys(name)[2]
+        raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(usage_key))
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         last = fields.pop("last_used", None)
         counts = {k: int(v) for k, v in fields.items() if k in KeyUsage.__struct_fields__}
@@ -328,7 +366,9 @@ class RedisLimiter(Limiter):
         return KeyUsage(**counts, last_used=when)
 
     async def usage_split(self, name: str) -> list[ModelDayUsage]:
-        raw: dict[bytes, bytes] = await self._run("read usage", lambda: self.redis.hgetall(_split_key(name)))
+        raw: dict[bytes, bytes] = await self._run(
+            "read usage", lambda: self.redis.hgetall(_split_key(self._prefix, name))
+        )
         counts: dict[tuple[int, str], dict[str, int]] = {}
         for field, value in raw.items():
             day, model, what = field.decode().split("\t")
@@ -341,4 +381,4 @@ class RedisLimiter(Limiter):
 
     async def close(self) -> None:
         if self._own:
-            await self.redis.aclose()
+            await self.shared.close()

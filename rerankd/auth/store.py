@@ -20,25 +20,28 @@ from types import TracebackType
 from typing import Self
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from rerankd.auth.keys import KeyRecord, digest_of
 from rerankd.errors import KeyExists, KeyNotFound, KeyStoreUnavailable
+from rerankd.redisconn import DEFAULT_PREFIX, SharedRedis
 
 __all__ = [
-    "REDIS_PREFIX",
     "FileKeyStore",
     "KeyStore",
     "LimitChanges",
     "RedisKeyStore",
     "StaticKeyStore",
+    "auth_prefix",
     "connect_redis",
 ]
 
 log = logging.getLogger(__name__)
 
-REDIS_PREFIX = "rerankd:auth:"
+
+def auth_prefix(redis_prefix: str) -> str:
+    """Where key records, limits and usage live: under the deployment's prefix."""
+    return f"{redis_prefix}auth:"
 
 
 class KeyStore(ABC):
@@ -224,22 +227,26 @@ class FileKeyStore(KeyStore):
 # -- Redis -------------------------------------------------------------------------------------
 
 
-def connect_redis(url: str) -> Redis:
-    # Short timeouts: a request waits on Redis, and a dead Redis must not stall it for long.
-    return Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30)
+def connect_redis(redis: SharedRedis | str, prefix: str = DEFAULT_PREFIX) -> tuple[SharedRedis, bool]:
+    """The shared client, or one of its own for a URL (then True: the caller closes it)."""
+    if isinstance(redis, SharedRedis):
+        return redis, False
+    return SharedRedis(redis, prefix=prefix), True
 
 
 class RedisKeyStore(KeyStore):
     """Records as JSON in one hash (name → record), and a version set to a fresh random value on
-    every change: a counter would repeat its values after Redis lost its data and start again."""
+    every change: a counter would repeat its values after Redis lost its data and start again.
 
-    _KEYS = REDIS_PREFIX + "keys"
-    _VERSION = REDIS_PREFIX + "keys:version"
+    The version's name holds the hash's name as its hash tag, so both sit in one Redis Cluster
+    slot and change in one transaction."""
 
-    def __init__(self, url: str, *, client: Redis | None = None) -> None:
+    def __init__(self, redis: SharedRedis | str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.shared, self._own = connect_redis(redis, prefix)
         self.description = "Redis"
-        self._own = client is None
-        self.redis = client or connect_redis(url)
+        self.redis = self.shared.client
+        self._KEYS = auth_prefix(self.shared.prefix) + "keys"
+        self._VERSION = "{" + self._KEYS + "}:version"
 
     async def version(self) -> Hashable:
         try:
@@ -310,4 +317,4 @@ class RedisKeyStore(KeyStore):
 
     async def close(self) -> None:
         if self._own:
-            await self.redis.aclose()
+            await self.shared.close()

@@ -3,6 +3,8 @@ write-behind. Nothing here knows about HTTP or about models."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rerankd.cache.base import CacheStore
 from rerankd.cache.coalesce import Coalescer, Superseded
 from rerankd.cache.keys import (
@@ -15,6 +17,9 @@ from rerankd.cache.keys import (
 )
 from rerankd.cache.memory import MemoryStore
 from rerankd.cache.writer import WriteBehind
+
+if TYPE_CHECKING:
+    from rerankd.redisconn import SharedRedis
 
 __all__ = [
     "CacheStore",
@@ -32,11 +37,13 @@ __all__ = [
 ]
 
 
-def build_store(redis_url: str | None, *, timeout_s: float, max_entries: int, max_bytes: int) -> CacheStore:
-    """Redis when a URL is given, else the process-local LRU."""
-    if redis_url is None:
+def build_store(
+    redis: SharedRedis | None, *, timeout_s: float, max_entries: int, max_bytes: int
+) -> CacheStore:
+    """Redis when one is given, else the process-local LRU."""
+    if redis is None:
         return MemoryStore(max_entries=max_entries, max_bytes=max_bytes)
-    # Imported here: processes without Redis never load the client.
+    # Imported here: processes without Redis never load the store's code.
     from rerankd.cache.redis import RedisStore
 
-    return RedisStore(redis_url, timeout_s=timeout_s)
+    return RedisStore(redis, timeout_s=timeout_s)

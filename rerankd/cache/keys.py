@@ -1,7 +1,10 @@
 """What the cache stores: one key per (scoring context, query, document), one small value per key.
 
-Key: ``rerankd:pair:`` + the 16-byte BLAKE2b digest of the fields ``format version, *context,
-query``, each length-prefixed, followed by the document's UTF-8 bytes. The context names
+Key: the deployment's prefix (``rerankd:``), ``pair:``, a hash tag ``{t}`` and the 16-byte BLAKE2b
+digest of the fields ``format version, *context, query``, each length-prefixed, followed by the
+document's UTF-8 bytes. ``t`` is 6 hex digits of the digest of the fields alone, so every pair of
+one (context, query) lands in one Redis Cluster slot and a request reads its pairs with one MGET on
+one node; different queries spread over all slots (see docs/cache.md). The context names
 everything besides the texts that changes a score: the model fingerprint (name, format, config,
 tokenizer, weights, scoring version), the engine's precision, the effective instruction and the
 truncation/chunking options. Length prefixes make the hashed bytes self-delimiting, so no two
@@ -29,7 +32,9 @@ __all__ = [
     "pair_keys",
 ]
 
+#: The default deployment prefix with the cache's own part; keys are ``KEY_PREFIX{tag}digest``.
 KEY_PREFIX = b"rerankd:pair:"
+_PAIR = b"pair:"
 _KEY_VERSION = "pair-1"
 _VALUE = struct.Struct("<dIHB")
 _VALUE_VERSION = 1
@@ -50,12 +55,17 @@ class PairScore(NamedTuple):
     chunks: int
 
 
-def pair_keys(context: Context, query: str, documents: Sequence[str]) -> list[bytes]:
-    """One key per document, in order. The shared prefix is hashed once per request."""
+def pair_keys(
+    context: Context, query: str, documents: Sequence[str], *, prefix: bytes = b"rerankd:"
+) -> list[bytes]:
+    """One key per document, in order, each starting with ``prefix`` (the deployment's). The
+    shared part is hashed once per request."""
     base = hashlib.blake2b(digest_size=16)
     for part in (_KEY_VERSION, *context, query):
         base.update(_field(part))
-    copy, prefix = base.copy, KEY_PREFIX
+    # Hex: a raw digest byte could be a brace and end the tag early.
+    tag = base.copy().digest()[:3].hex().encode()
+    copy, prefix = base.copy, b"%b%b{%b}" % (prefix, _PAIR, tag)
     keys = []
     for doc in documents:  # the hot loop of a cached request: locals, no calls beyond hashing
         h = copy()

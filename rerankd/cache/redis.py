@@ -1,22 +1,24 @@
 """The shared store: Redis through ``redis.asyncio`` (hiredis parser), guarded by a time budget
-and a circuit breaker so that a slow or dead Redis costs requests at most one budget, then nothing.
+and the Redis breaker so that a slow or dead Redis costs requests at most one budget, then nothing.
+
+One server and Sentinel's master take one MGET per request, packed here. A cluster takes one MGET
+per hash slot, pipelined to the nodes that own them: pair keys carry a hash tag per (context,
+query) (``rerankd.cache.keys``), so a request's keys share a slot and it is one MGET there too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, cast
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from typing import cast
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from rerankd.breaker import Breaker
 from rerankd.cache.base import CacheStore
+from rerankd.redisconn import FAULTS, SharedRedis, describe_url
 
 __all__ = ["Breaker", "RedisStore", "describe_url"]
 
@@ -24,96 +26,7 @@ log = logging.getLogger(__name__)
 
 #: Keys per MGET: one command stays small enough not to stall Redis for other clients.
 MGET_CHUNK = 1000
-# What a fault looks like: the client's own errors, socket errors, and our time budget running out.
-_FAULTS = (RedisError, OSError, TimeoutError)
-
-
-def describe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-class Breaker:
-    """Closed → open after ``threshold`` consecutive faults; while open, calls are skipped until
-    the back-off passes; then one call probes (half-open). A good probe closes the breaker, a bad
-    one reopens it with twice the back-off. State changes are logged once each."""
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        threshold: int = 3,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.name = name
-        self.threshold = threshold
-        self.initial_backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._clock = clock
-        self._consecutive = 0
-        self._backoff_s = backoff_s
-        self._retry_at: float | None = None  # set while open
-        self._probing = False
-        self._faults_while_open = 0
-        self.opened = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self._retry_at is not None
-
-    def allow(self) -> bool:
-        """May a call go to the backend now? While open, only the one probe may."""
-        if self._retry_at is None:
-            return True
-        if self._probing or self._clock() < self._retry_at:
-            return False
-        self._probing = True
-        return True
-
-    def success(self) -> None:
-        self._consecutive = 0
-        if self._retry_at is not None:
-            log.warning("%s is reachable again; cache resumed", self.name)
-            self._retry_at = None
-            self._probing = False
-            self._backoff_s = self.initial_backoff_s
-
-    def abandon(self) -> None:
-        """A call ended without a verdict (cancelled): let the next call probe instead."""
-        self._probing = False
-
-    def failure(self, exc: BaseException) -> None:
-        self._consecutive += 1
-        if self._retry_at is not None:
-            if self._probing:  # the probe failed: wait longer before the next one
-                self._probing = False
-                self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
-                self._retry_at = self._clock() + self._backoff_s
-                log.debug(
-                    "%s still unreachable (%s); next try in %.1f s", self.name, _why(exc), self._backoff_s
-                )
-            return
-        if self._consecutive >= self.threshold:
-            self.trip(exc)
-
-    def trip(self, exc: BaseException) -> None:
-        """Open now (e.g. the backend is down at start-up)."""
-        self.opened += 1
-        self._probing = False
-        self._retry_at = self._clock() + self._backoff_s
-        log.warning(
-            "%s is unavailable (%s); serving uncached, next try in %.1f s",
-            self.name,
-            _why(exc),
-            self._backoff_s,
-        )
+_FAULTS = FAULTS
 
 
 def _pack_mget(keys: Sequence[bytes]) -> bytes:
@@ -126,42 +39,32 @@ def _pack_mget(keys: Sequence[bytes]) -> bytes:
     return head + b"".join([b"$%d\r\n%b\r\n" % (len(k), k) for k in keys])
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "no answer within the time budget"
-    return f"{type(exc).__name__}: {exc}"
-
-
 class RedisStore(CacheStore):
-    """``redis://``, ``rediss://`` (TLS) or ``unix://`` URLs; user and password in the URL.
+    """A :class:`SharedRedis` (or a URL, for a store of its own: see ``rerankd.redisconn``).
 
     Each call runs under a time budget (``timeout_s`` for reads, which sit on the request path;
-    ``write_timeout_s`` for writes, which do not). redis-py's own retries are off: the breaker
-    decides when to try again. Connections reconnect by themselves on the next call.
+    ``write_timeout_s`` for writes, which do not). The breaker is the Redis connection's, shared
+    with the key store and the limits: one outage, noticed once.
     """
 
     def __init__(
         self,
-        url: str,
+        redis: SharedRedis | str,
         *,
         timeout_s: float = 0.05,
         write_timeout_s: float | None = None,
         breaker: Breaker | None = None,
-        **client_kwargs: Any,
     ) -> None:
-        self.url = url
+        self._own = isinstance(redis, str)
+        if isinstance(redis, str):
+            # Raises ValueError for an unknown scheme or option: a configuration error at start-up.
+            redis = SharedRedis(redis, breaker=breaker or Breaker(f"redis cache at {describe_url(redis)}"))
+        self.redis = redis
+        self.url = redis.target.url
         self.timeout_s = timeout_s
         self.write_timeout_s = write_timeout_s or max(10 * timeout_s, 0.5)
-        self.breaker = breaker or Breaker(f"redis cache at {describe_url(url)}")
-        options: dict[str, Any] = {
-            "socket_connect_timeout": 5.0,
-            "socket_timeout": 5.0,
-            "retry": Retry(NoBackoff(), 0),
-            "client_name": "rerankd",
-            **client_kwargs,
-        }
-        # Raises ValueError for an unknown scheme or option: a configuration error at start-up.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(url, **options)
+        self.breaker = redis.breaker
+        self._client = redis.client
         self._counts = dict.fromkeys(
             ("reads", "hits", "misses", "writes", "faults", "timeouts", "skipped", "garbage"), 0
         )
@@ -169,8 +72,7 @@ class RedisStore(CacheStore):
     async def open(self) -> None:
         """Say early in the log whether Redis answers; never fail start-up over it."""
         try:
-            async with asyncio.timeout(max(self.timeout_s, 1.0)):
-                await self._client.ping()
+            await self.redis.ping(max(self.timeout_s, 1.0))
         except _FAULTS as exc:
             self._fault(exc)
             if not self.breaker.is_open:
@@ -186,6 +88,8 @@ class RedisStore(CacheStore):
             return [None] * len(keys)
         try:
             async with asyncio.timeout(self.timeout_s):
+                if self.redis.cold:
+                    await self.redis.warm_up()
                 values = await self._mget(keys)
         except _FAULTS as exc:
             self._fault(exc)
@@ -206,21 +110,28 @@ class RedisStore(CacheStore):
         return values
 
     async def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        client = self._client
+        if not isinstance(client, Redis):
+            # Redis Cluster: one MGET per slot, pipelined per node; redis-py follows MOVED (and
+            # refreshes its slot map) and ASK within the call, under our time budget.
+            chunks = [keys[i : i + MGET_CHUNK] for i in range(0, len(keys), MGET_CHUNK)]
+            got = await asyncio.gather(*(client.mget_nonatomic(chunk) for chunk in chunks))
+            return [v for chunk in got for v in chunk]
         if len(keys) <= MGET_CHUNK:
-            return await self._mget_one(keys)
+            return await self._mget_one(client, keys)
         # Several MGETs in one round trip.
-        pipe = self._client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for start in range(0, len(keys), MGET_CHUNK):
             pipe.mget(keys[start : start + MGET_CHUNK])
         chunks = await pipe.execute()
         return [v for chunk in chunks for v in chunk]
 
-    async def _mget_one(self, keys: Sequence[bytes]) -> list[bytes | None]:
+    async def _mget_one(self, client: Redis, keys: Sequence[bytes]) -> list[bytes | None]:
         """One MGET on a pooled connection, packed here. The read is a large part of a fully cached
         request's work; this path costs half the CPU of ``Redis.mget`` (no generic argument
         encoding, retry wrapper or per-command metrics). The connection still does the handshake
         (AUTH, SELECT, TLS), and drops itself on any error or cancellation mid-reply."""
-        pool = self._client.connection_pool
+        pool = client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         try:
             await conn.send_packed_command(_pack_mget(keys))
@@ -237,6 +148,8 @@ class RedisStore(CacheStore):
             return
         try:
             async with asyncio.timeout(self.write_timeout_s):
+                if self.redis.cold:
+                    await self.redis.warm_up()
                 pipe = self._client.pipeline(transaction=False)
                 for key, value in items:
                     pipe.set(key, value, ex=ttl_s)
@@ -257,7 +170,8 @@ class RedisStore(CacheStore):
         self.breaker.failure(exc)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._own:
+            await self.redis.close()
 
     def stats(self) -> dict[str, int]:
         return {

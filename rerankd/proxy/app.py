@@ -42,7 +42,7 @@ def create_app(
     """Build the app. Models load in the background after start-up so ``/health`` answers at
     once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``."""
     svc = service or RerankService(settings)
-    keys = gate or build_gate(settings)
+    keys = gate or build_gate(settings, redis=svc.redis)
     metrics = Metrics(svc)
 
     @contextlib.asynccontextmanager
@@ -70,8 +70,9 @@ def create_app(
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
-            await svc.close()
+            # Keys first: the service closes the Redis client they share.
             await keys.close()
+            await svc.close()
 
     return Litestar(
         route_handlers=[*ROUTES, metrics_endpoint],

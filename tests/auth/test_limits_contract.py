@@ -1,4 +1,4 @@
-"""One contract, two limiters: in this process and in Redis."""
+"""One contract, every limiter: in this process, and in Redis as one server, a Cluster and Sentinel."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ def key(name: str = "app", *, rpm: int | None = None, tpm: int | None = None) ->
     return KeyRecord(name=name, digest=digest_of(generate_key()), created=datetime.now(UTC), rpm=rpm, tpm=tpm)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
     made: Limiter
     if request.param == "memory":
         made = MemoryLimiter()
     else:
-        redis: RedisServer = request.getfixturevalue("clean_redis")
-        made = RedisLimiter(redis.url)
+        fixture = "clean_redis" if request.param == "redis" else request.param
+        made = RedisLimiter(request.getfixturevalue(fixture).url)
     yield made
     await made.close()
 
@@ -114,8 +114,10 @@ async def test_replicas_share_one_bucket(clean_redis: RedisServer) -> None:
 async def test_an_unreachable_redis_raises_unavailable_then_backs_off() -> None:
     limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        with pytest.raises(KeyStoreUnavailable, match="Redis"):
-            await limiter.admit(key())
+        for _ in range(limiter.shared.breaker.threshold):  # the breaker opens after these faults
+            with pytest.raises(KeyStoreUnavailable, match="Redis"):
+                await limiter.admit(key())
+        assert limiter.shared.breaker.is_open
         with pytest.raises(KeyStoreUnavailable, match="a moment ago"):
             await limiter.charge(key(), tokens=1, search_units=1)
     finally:

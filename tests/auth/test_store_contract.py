@@ -1,4 +1,4 @@
-"""One contract, two key stores: the keys file and Redis."""
+"""One contract, every key store: the keys file, and Redis as one server, a Cluster and Sentinel."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.servers import RedisServer, free_port
 StoreFactory = Callable[[], KeyStore]
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "cluster", "sentinel"])
 async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """Opens stores over one backing, like a CLI and a server (or two replicas) do."""
     opened: list[KeyStore] = []
@@ -28,10 +28,11 @@ async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
             opened.append(FileKeyStore(path))
             return opened[-1]
     else:
-        redis: RedisServer = request.getfixturevalue("clean_redis")
+        fixture = "clean_redis" if request.param == "redis" else request.param
+        url: str = request.getfixturevalue(fixture).url
 
         def factory() -> KeyStore:
-            opened.append(RedisKeyStore(redis.url))
+            opened.append(RedisKeyStore(url))
             return opened[-1]
 
     yield factory
@@ -107,7 +108,7 @@ async def test_another_instance_sees_changes_through_the_version(make_store: Sto
     assert (await reader.records())[0].revoked is not None
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "cluster", "sentinel"])
 def broken_store(request: pytest.FixtureRequest, tmp_path: Path) -> KeyStore:
     if request.param == "file":
         path = tmp_path / "keys.json"

@@ -15,7 +15,8 @@ def test_one_key_per_document_stable_across_calls() -> None:
     keys = pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys == pair_keys(CONTEXT, "query", ["a", "b", "a"])
     assert keys[0] == keys[2] != keys[1]
-    assert all(k.startswith(KEY_PREFIX) and len(k) == len(KEY_PREFIX) + 16 for k in keys)
+    # prefix, an 8-byte hash tag "{......}", the 16-byte digest
+    assert all(k.startswith(KEY_PREFIX + b"{") and len(k) == len(KEY_PREFIX) + 8 + 16 for k in keys)
     assert pair_keys(CONTEXT, "query", ["b"]) == [keys[1]]  # a pair's key ignores its neighbours
 
 
@@ -72,3 +73,19 @@ def test_anything_else_decodes_to_a_miss(raw: bytes) -> None:
     assert decode_value(raw) is None
     good = encode_value(PairScore(0.25, 3, 1))
     assert decode_values([good, raw, None]) == ([PairScore(0.25, 3, 1), None, None], 1)
+
+
+def test_a_requests_keys_share_one_cluster_slot_and_queries_spread() -> None:
+    from redis.crc import key_slot
+
+    docs = [f"document {i}" for i in range(50)]
+    assert len({key_slot(k) for k in pair_keys(CONTEXT, "one query", docs)}) == 1
+    # Other queries (or contexts) land elsewhere: load spreads over the cluster by query.
+    slots = {key_slot(pair_keys(CONTEXT, f"query {i}", ["d"])[0]) for i in range(50)}
+    assert len(slots) > 40
+
+
+def test_the_deployment_prefix_starts_every_key() -> None:
+    keys = pair_keys(CONTEXT, "q", ["a", "b"], prefix=b"staging:")
+    assert all(k.startswith(b"staging:pair:{") for k in keys)
+    assert set(keys).isdisjoint(pair_keys(CONTEXT, "q", ["a", "b"]))

@@ -8,7 +8,6 @@ import httpx
 import msgspec
 
 from rerankd.auth.keys import generate_key
-from rerankd.auth.limits import RedisLimiter
 from tests.proxy.auth_helpers import assert_error_body, call, eventually, keys_cli, new_key
 from tests.servers import RedisServer, rerankd_server
 
@@ -39,8 +38,13 @@ def test_a_redis_outage_degrades_and_recovers(redis: RedisServer) -> None:
         # Until the server has read the new key, the empty Redis leaves this loopback server open.
         eventually(lambda: call(c, "GET", "/v1/models", key).status_code == 401, 10, "keys of the new Redis")
         assert call(c, "GET", "/v1/models", fresh).status_code == 200
-        # Limits and usage resume once the limiter's back-off after its last failure has passed.
-        time.sleep(RedisLimiter.BACKOFF_S)
+
+        # Limits and usage resume once the Redis breaker's next probe finds Redis back.
+        def limits_back() -> bool:
+            assert call(c, "GET", "/v1/models", fresh).status_code == 200  # admitted: probes the breaker
+            return "rate limits and usage accounting are back" in server.log()
+
+        eventually(limits_back, 15, "limits and usage back")
         tokens = call(c, "POST", "/v2/rerank", fresh).json()["meta"]["tokens"]["input_tokens"]
         usage = msgspec.json.decode(keys_cli("usage", "fresh", "--json", *store).stdout)
         assert usage["requests"] >= 1

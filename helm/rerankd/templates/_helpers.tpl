@@ -183,8 +183,8 @@ service: {{ include "rerankd.fullname" . }}
 {{- end -}}
 {{- if .Values.redis.external.url -}}
 {{- $u := urlParse .Values.redis.external.url -}}
-{{- if not (has $u.scheme (list "redis" "rediss")) -}}
-{{- fail "redis.external.url must start with redis:// or rediss://" -}}
+{{- if not (has $u.scheme (list "redis" "rediss" "redis+sentinel" "rediss+sentinel" "redis+cluster" "rediss+cluster")) -}}
+{{- fail "redis.external.url must start with redis://, rediss://, redis+sentinel:// or redis+cluster:// (rediss+ for TLS)" -}}
 {{- end -}}
 {{- if contains ":" (default "" $u.userinfo) -}}
 {{- fail "redis.external.url holds a password, which would land in the pod spec: give it by redis.external.existingSecret (or redis.external.password)" -}}
