@@ -1,4 +1,5 @@
-"""The seed's comparison, redone: naive, executor and rerankd on the same model, one after another.
+"""The seed's comparison, redone: naive, executor and rerankd on the same model, one after another;
+rerankd twice, on the torch engine the baselines also run and on the onnx engine.
 
 ``python -m bench.compare [--model PATH] [--concurrency 10] [--json out.json] [--plot out.png]``
 
@@ -32,7 +33,7 @@ from rerankd.bench.loadgen import (
 
 __all__ = ["main", "median_ratios", "ratios"]
 
-SERVERS = ("naive", "executor", "rerankd")
+SERVERS = ("naive", "executor", "rerankd", "rerankd-onnx")
 
 
 def ratios(reports: Sequence[dict[str, Any]], reference: str = "naive") -> list[dict[str, Any]]:
@@ -134,7 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     m.add_argument("--torch-threads", type=int, default=None)
     s = p.add_argument_group("servers")
-    s.add_argument("--servers", default=",".join(SERVERS), help="which to run, in order (default: all three)")
+    s.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="which to run, in order (default: all four; rerankd is the torch engine, the baselines' "
+        "model code; rerankd-onnx the onnx engine)",
+    )
+    s.add_argument(
+        "--onnx-quantize", choices=["none", "int8"], default="int8", help="rerankd-onnx's quantize"
+    )
     s.add_argument(
         "--server-arg",
         action="append",
@@ -169,7 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "naive": baseline_command("naive", model, baseline_extra),
         "executor": baseline_command("executor", model, ["--workers", str(ns.workers), *baseline_extra]),
-        "rerankd": rerankd_command(model, split_args(ns.server_arg)),
+        # Pinned: the baselines run the torch engine's model code, so this is the same-engine arm.
+        "rerankd": rerankd_command(model, ["--engine", "torch", *split_args(ns.server_arg)]),
+        "rerankd-onnx": rerankd_command(
+            model, ["--engine", "onnx", "--quantize", ns.onnx_quantize, *split_args(ns.server_arg)]
+        ),
     }
     reports: list[dict[str, Any]] = []
     exit_on_sigterm()

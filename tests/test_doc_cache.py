@@ -4,7 +4,7 @@ a new query over documents seen before embeds only the query, and scores as an u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from rerankd.cache import CacheStore, MemoryStore
 from rerankd.cache.embeddings import DocEmbedding, decode_embeddings, encode_embedding
 from rerankd.cache.redis import RedisStore
 from rerankd.scoring import CachePolicy, PairScorer
-from tests.servers import RedisServer, redis_server
+from tests.servers import RedisServer
 
 DOCS = [
     "Paris is the capital and largest city of France.",
@@ -38,23 +38,18 @@ async def engine() -> AsyncIterator[BatchedEngine]:
     await eng.close()
 
 
-@pytest.fixture(scope="module")
-def redis_module() -> Iterator[RedisServer]:
-    with redis_server() as server:
-        yield server
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def scorer(request: pytest.FixtureRequest) -> AsyncIterator[PairScorer]:
     store: CacheStore
     if request.param == "memory":
         store = MemoryStore(max_entries=10_000, max_bytes=64 * 1024 * 1024)
     else:
-        server: RedisServer = request.getfixturevalue("redis_module")
+        server: RedisServer = request.getfixturevalue("redis")
         store = RedisStore(server.url, timeout_s=2)
     s = PairScorer(store, ttl_s=600, write_queue=10_000)
     await s.open()
     yield s
+    await settle(s)  # no write in flight when the store closes
     await s.close()
 
 
