@@ -61,10 +61,13 @@ async def drive(
     seconds: float,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """``clients`` closed-loop callers for ``seconds``; only requests that end in the window count."""
-    tokens = requests = 0
+    """``clients`` closed-loop callers for ``seconds``. Each request counts with the share of its
+    lifetime inside the window (as ``rerankd bench`` counts), so a window shorter than one request
+    still measures; latencies are those of the requests that ended inside it."""
+    tokens = requests = 0.0
     latencies: list[float] = []
-    stop_at = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop_at = start + seconds
 
     async def client(k: int) -> None:
         nonlocal tokens, requests
@@ -73,10 +76,12 @@ async def drive(
             query, docs = make_request(rng)
             t0 = time.perf_counter()
             n = await score(query, docs)
-            if time.perf_counter() <= stop_at:
-                latencies.append(time.perf_counter() - t0)
-                tokens += n
-                requests += 1
+            t1 = time.perf_counter()
+            share = max(0.0, min(t1, stop_at) - max(t0, start)) / max(t1 - t0, 1e-9)
+            tokens += n * share
+            requests += share
+            if t1 <= stop_at:
+                latencies.append(t1 - t0)
 
     await asyncio.gather(*(client(k) for k in range(clients)))
     return {"tokens": tokens, "requests": requests, "seconds": seconds, "latencies": latencies}
