@@ -1,4 +1,5 @@
-"""The seed's comparison, redone: naive, executor and rerankd on the same model, one after another.
+"""The seed's comparison, redone: naive, executor and rerankd on the same model, one after another;
+rerankd twice, on the torch engine the baselines also run and on the onnx engine.
 
 ``python -m bench.compare [--model PATH] [--concurrency 10] [--json out.json] [--plot out.png]``
 
@@ -45,7 +46,7 @@ from rerankd.bench.loadgen import (
 
 __all__ = ["main", "median_ratios", "ratios"]
 
-SERVERS = ("naive", "executor", "rerankd", "vllm-serve")
+SERVERS = ("naive", "executor", "rerankd", "rerankd-onnx", "vllm-serve")
 #: /metrics families kept in each report: which engine ran, and what prefix sharing/caching did.
 _METRICS = (
     "rerankd_engine_info",
@@ -157,8 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("servers")
     s.add_argument(
         "--servers",
-        default="naive,executor,rerankd",
-        help=f"which to run, in order, of {', '.join(SERVERS)} (default: the first three)",
+        default="naive,executor,rerankd,rerankd-onnx",
+        help=f"which to run, in order, of {', '.join(SERVERS)} (default: the first four; rerankd is "
+        "the torch engine, the baselines' model code; rerankd-onnx the onnx engine)",
     )
     s.add_argument("--reference", default="naive", help="the server ratios are taken against")
     s.add_argument(
@@ -166,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--vllm-arg", action="append", metavar="ARGS", help="extra arguments of vllm-serve (repeatable)"
+    )
+    s.add_argument(
+        "--onnx-quantize", choices=["none", "int8"], default="int8", help="rerankd-onnx's quantize"
     )
     s.add_argument(
         "--server-arg",
@@ -201,7 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "naive": baseline_command("naive", model, baseline_extra),
         "executor": baseline_command("executor", model, ["--workers", str(ns.workers), *baseline_extra]),
-        "rerankd": rerankd_command(model, split_args(ns.server_arg)),
+        # Pinned: the baselines run the torch engine's model code, so this is the same-engine arm.
+        "rerankd": rerankd_command(model, ["--engine", "torch", *split_args(ns.server_arg)]),
+        "rerankd-onnx": rerankd_command(
+            model, ["--engine", "onnx", "--quantize", ns.onnx_quantize, *split_args(ns.server_arg)]
+        ),
     }
     if "vllm-serve" in names:
         commands["vllm-serve"] = vllm_serve_command(model, split_args(ns.vllm_arg))

@@ -75,7 +75,7 @@ case "$what" in
     echo "side-by-side: $(($(date +%s) - started)) s" | tee -a "$OUT/side-by-side.txt"
     ;;
   compare)
-    "$PY" -m bench.compare --model "$MODEL" --device cuda --server-arg="--engine torch" \
+    "$PY" -m bench.compare --servers naive,executor,rerankd --model "$MODEL" --device cuda --server-arg="--engine torch" \
       --concurrency 10 --documents 20 --doc-tokens 200 --duration 30 --warmup 10 \
       --json "$OUT/gpu-compare.json" --log-dir "$OUT/logs" "$@"
     ;;

@@ -38,7 +38,7 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["auto", "torch", "vllm", "vllm-sync", "remote"],
+        choices=["auto", "torch", "vllm", "vllm-sync", "remote", "onnx"],
         help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -167,6 +167,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         dest="enable_prefix_caching",
     )
+    # The onnx engine (docs/engines.md#onnx).
+    p.add_argument("--quantize", choices=["none", "int8"], dest="quantize", help="onnx engine: int8 weights")
+    p.add_argument(
+        "--onnx-cache-dir", dest="onnx_cache_dir", help="exported models (default ~/.cache/rerankd/onnx)"
+    )
+    p.add_argument("--threads", type=int, dest="threads", help="intra-op threads (default: usable cores)")
 
 
 def _download_parser(sub: Any) -> None:

@@ -59,7 +59,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     models: tuple[ModelConfig, ...] = ()
     #: Extra names clients may send, mapped to served model names.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
-    engine: Literal["auto", "torch", "vllm", "vllm-sync", "remote"] = "auto"
+    engine: Literal["auto", "torch", "vllm", "vllm-sync", "remote", "onnx"] = "auto"
     device: Annotated[str, Meta(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: Intra-op threads of the torch engine; default: torch's own choice.
@@ -176,6 +176,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: deployments can share one Redis without sharing entries. No braces: they would make a
     #: Redis Cluster hash tag of it and put every key in one slot.
     redis_prefix: Annotated[str, Meta(max_length=64, pattern=r"^[^{}\s]*$")] = "rerankd:"
+
+    # -- ONNX Runtime engine (docs/engines.md#onnx) ------------------------------------------
+    #: ``int8``: onnxruntime's dynamic quantization of the exported model (weights int8).
+    quantize: Literal["none", "int8"] = "none"
+    #: Where exported models are kept, one file per model fingerprint, exporter and quantization.
+    #: Default: ``$XDG_CACHE_HOME/rerankd/onnx`` (``~/.cache/rerankd/onnx``).
+    onnx_cache_dir: str | None = None
+    #: Intra-op threads of the onnx engine (and of the torch engine when torch_threads is unset);
+    #: default: the cores this process may run on.
+    threads: PositiveInt | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rerankd.adapters.base import Engine, ScoreResult
+from rerankd.adapters.base import Engine, LocalEngine, ScoreResult
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.cache import (
     CacheStore,
@@ -22,6 +22,7 @@ from rerankd.cache import (
     pair_keys,
 )
 from rerankd.cache.keys import Context
+from rerankd.doc_cache import DocEmbeddingCache
 
 __all__ = ["READ_WRITE", "CachePolicy", "PairScorer", "Scored"]
 
@@ -75,6 +76,11 @@ class PairScorer:
             else None
         )
         self._counts = dict.fromkeys(("hits", "misses", "corrupt", "coalesced", "scored"), 0)
+        #: Bi-encoders' document embeddings, in the same store: pairs missed with a new query
+        #: over known documents cost one embedding, the query's.
+        self.embeddings = (
+            DocEmbeddingCache(store, ttl_s=ttl_s, write_queue=write_queue) if store is not None else None
+        )
 
     async def open(self) -> None:
         if self.store is None or self._writer is None:
@@ -82,10 +88,14 @@ class PairScorer:
             return
         await self.store.open()
         self._writer.start()
+        if self.embeddings is not None:
+            self.embeddings.start()
 
     async def close(self) -> None:
         if self.store is not None and self._writer is not None:
             await self._writer.close()
+            if self.embeddings is not None:
+                await self.embeddings.close()
             log.info("result cache: %s", ", ".join(f"{k} {v}" for k, v in self.stats().items()))
             await self.store.close()
 
@@ -94,6 +104,8 @@ class PairScorer:
         if self._writer is not None:
             out["write_pending"] = self._writer.pending
             out["write_dropped"] = self._writer.dropped
+        if self.embeddings is not None:
+            out.update({f"doc_embedding_{k}": v for k, v in self.embeddings.counts.items()})
         if self.store is not None:
             out.update({f"store_{k}": v for k, v in self.store.stats().items()})
         return out
@@ -164,7 +176,7 @@ class PairScorer:
         if owned:
             try:
                 fresh = await self._run(
-                    engine, query, documents, opts, [(k, missing[k]) for k in owned], deadline
+                    engine, query, documents, opts, [(k, missing[k]) for k in owned], policy, deadline
                 )
             except BaseException:
                 self._coalescer.fail(owned)  # waiters score these themselves
@@ -184,7 +196,7 @@ class PairScorer:
         self._counts["coalesced"] += len(shared) - len(retry)
         if not retry:
             return fresh
-        again = await self._run(engine, query, documents, opts, retry, deadline)
+        again = await self._run(engine, query, documents, opts, retry, policy, deadline)
         await self._write(again.pairs, policy)
         fresh.pairs.update(again.pairs)
         return _Fresh(fresh.pairs, fresh.extra_tokens + again.extra_tokens)
@@ -196,9 +208,17 @@ class PairScorer:
         documents: Sequence[str],
         opts: EncodeOptions,
         todo: list[tuple[bytes, int]],
+        policy: CachePolicy,
         deadline: float | None,
     ) -> _Fresh:
-        result = await engine.score(query, [documents[i] for _, i in todo], opts, deadline=deadline)
+        docs = [documents[i] for _, i in todo]
+        if self.embeddings is not None and self.embeddings.applies(engine):
+            assert isinstance(engine, LocalEngine)
+            result = await self.embeddings.score(
+                engine, query, docs, opts, read=policy.read, write=policy.write, deadline=deadline
+            )
+        else:
+            result = await engine.score(query, docs, opts, deadline=deadline)
         pairs = _per_document(result)
         self._counts["scored"] += len(pairs)
         extra = result.n_tokens - sum(p.tokens for p in pairs)

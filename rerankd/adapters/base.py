@@ -11,9 +11,10 @@ from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
-from rerankd.scheduler import DeviceStats
+from rerankd.scheduler import DeviceStats, Finish, Replica, Scheduler
+from rerankd.threads import in_daemon_thread
 
-__all__ = ["TOKENIZE_CHUNK", "Engine", "LocalEngine", "ScoreResult"]
+__all__ = ["TOKENIZE_CHUNK", "BatchedEngine", "Engine", "LocalEngine", "ScoreResult"]
 
 #: Documents per tokenization task.
 TOKENIZE_CHUNK = 64
@@ -110,3 +111,68 @@ class LocalEngine(Engine):
 
     async def close(self) -> None:
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+
+class BatchedEngine(LocalEngine):
+    """A local engine whose forward pass blocks: the scheduler's one worker thread batches the
+    sequences of every request and runs them. A backend loads its model (``load``) and turns one
+    batch of token ids into raw outputs (``run_batch``: logits, or embedding rows); the format
+    turns those into scores, the same way for every backend."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queue: int,
+        overlap: bool,
+        replicas: Sequence[Replica] = (),
+    ) -> None:
+        """``replicas``: the model's copies, one per device, each with its own worker thread;
+        none: one, running :meth:`run_batch`."""
+        super().__init__(source)
+        self.scheduler = Scheduler(
+            list(replicas) or self.run_batch,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            name=source.name,
+            overlap=overlap,
+        )
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load tokenizer, format and model; runs once, on a thread of its own."""
+
+    @abstractmethod
+    def run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+        """Launch one batch; the returned function waits for its raw outputs, one per row."""
+
+    async def start(self) -> None:
+        await in_daemon_thread(self.load)  # a stop signal while loading need not wait for it
+        self.scheduler.start()
+        # Warm-up: the first forward pass allocates (and on CUDA picks kernels); pay it now.
+        await self.score("warm-up", ["warm-up document"], EncodeOptions())
+
+    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
+        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
+
+    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
+        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
+        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
+        return list(self.run_batch(ids, type_ids)())
+
+    @property
+    def healthy(self) -> bool:
+        return self.scheduler.alive
+
+    def stats(self) -> dict[str, float]:
+        return self.scheduler.snapshot()
+
+    def devices(self) -> Sequence[DeviceStats]:
+        return self.scheduler.devices()
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await super().close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
@@ -15,7 +16,7 @@ from rerankd.errors import ConfigError
 __all__ = ["build_engine", "check_device", "check_engine", "pick_engine", "resolve_source"]
 
 
-def pick_engine(settings: Settings) -> str:
+def pick_engine(settings: Settings, source: ModelSource | None = None) -> str:
     """``auto``: vLLM where it is installed and a CUDA device is there, else torch."""
     if settings.engine != "auto":
         return settings.engine
@@ -91,12 +92,29 @@ def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
     check_engine(settings)
     if cfg.name in settings.model_formats:
         cfg = msgspec.structs.replace(cfg, format=settings.model_formats[cfg.name])
-    return resolve_model(cfg, settings.model_cache_dir)
+    source = resolve_model(cfg, settings.model_cache_dir)
+    if settings.engine == "onnx":
+        _check_onnx(source, settings)
+    return source
+
+
+def _check_onnx(source: ModelSource, settings: Settings) -> None:
+    from rerankd.adapters.onnx_engine import ONNX_FORMATS
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ConfigError("engine onnx needs onnxruntime: pip install 'onnxruntime>=1.20' 'onnx>=1.17'")
+    if source.format not in ONNX_FORMATS:
+        raise ConfigError(
+            f"model {source.name!r} is {source.format}: the onnx engine runs cross-encoders and "
+            "bi-encoders; serve it with --engine torch or vllm"
+        )
+    if settings.device not in ("auto", "cpu"):
+        raise ConfigError(f"the onnx engine runs on the CPU; device {settings.device!r} needs engine torch")
 
 
 def build_engine(source: ModelSource, settings: Settings) -> Engine:
     # Engines are imported when chosen: torch and vLLM are heavy, the remote engine needs neither.
-    kind = pick_engine(settings)
+    kind = pick_engine(settings, source)
     if kind == "remote":
         from rerankd.adapters.remote import RemoteEngine
 
@@ -115,6 +133,18 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
             max_batch_size=settings.max_batch_size,
             max_queue=settings.max_queue_sequences,
         )
+    if kind == "onnx":
+        from rerankd.adapters.onnx_engine import OnnxEngine
+
+        return OnnxEngine(
+            source,
+            quantize=settings.quantize,
+            cache_dir=Path(settings.onnx_cache_dir).expanduser() if settings.onnx_cache_dir else None,
+            threads=settings.threads,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queue=settings.max_queue_sequences,
+        )
     from rerankd.adapters.torch_engine import TorchEngine
 
     return TorchEngine(
@@ -124,7 +154,7 @@ def build_engine(source: ModelSource, settings: Settings) -> Engine:
         max_batch_tokens=settings.max_batch_tokens,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue_sequences,
-        threads=settings.torch_threads,
+        threads=settings.torch_threads or settings.threads,
         compile=settings.compile,
         shared_prefix=settings.shared_prefix,
         compile_cache_dir=settings.compile_cache_dir,

@@ -299,13 +299,21 @@ class BiEncoderFormat(ModelFormat):
             stride=self.max_length // 8 if chunked else 0,
         )
         out = _limit_chunks(enc, len(docs), opts.max_chunks, chunked)
-        q = self.tokenizer(query, truncation=True, max_length=self.max_length)
-        out.ids.insert(0, list(q["input_ids"]))
+        q = self.encode_query(query)
+        out.ids.insert(0, q.ids[0])
         out.owner.insert(0, -1)
         if out.type_ids is not None:
-            out.type_ids.insert(0, list(q.get("token_type_ids") or [0] * len(q["input_ids"])))
-        out.n_tokens += len(q["input_ids"])
+            out.type_ids.insert(0, q.type_ids[0] if q.type_ids else [0] * len(q.ids[0]))
+        out.n_tokens += q.n_tokens
         return out
+
+    def encode_query(self, query: str) -> Encoded:
+        """The query's row alone (owner -1): what a request costs when every document's
+        embedding is cached."""
+        q = self.tokenizer(query, truncation=True, max_length=self.max_length)
+        ids = list(q["input_ids"])
+        types = q.get("token_type_ids")
+        return Encoded(ids=[ids], owner=[-1], n_documents=0, type_ids=[list(types)] if types else None)
 
     def combine(self, encoded: Encoded, outputs: Sequence[Any], *, raw: bool = False) -> list[float]:
         # Outputs are L2-normalised embedding rows; the query's is the one owned by -1.

@@ -15,17 +15,25 @@ from typing import Any
 
 import torch
 
-from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.base import BatchedEngine
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.devices import expand_devices
-from rerankd.adapters.formats import Encoded, EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
+from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.errors import ConfigError
-from rerankd.scheduler import DeviceStats, Finish, Replica, Runner, Scheduler
+from rerankd.scheduler import Finish, Replica, Runner
 from rerankd.threads import in_daemon_thread
 
-__all__ = ["TorchEngine", "default_batch_tokens", "pick_device", "pick_dtype"]
+__all__ = [
+    "Head",
+    "TorchEngine",
+    "bi_encoder_head",
+    "cross_encoder_head",
+    "default_batch_tokens",
+    "pick_device",
+    "pick_dtype",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +64,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-class TorchEngine(LocalEngine):
+class TorchEngine(BatchedEngine):
     def __init__(
         self,
         source: ModelSource,
@@ -74,7 +82,6 @@ class TorchEngine(LocalEngine):
         fault_devices: Sequence[int] = (),
         fault_after_batches: int = 0,
     ) -> None:
-        super().__init__(source)
         self.compile = compile
         #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
         self.shared_prefix = shared_prefix
@@ -96,17 +103,17 @@ class TorchEngine(LocalEngine):
             _faulty(r.run, fault_after_batches) if i in fault_devices else r.run
             for i, r in enumerate(self._replicas)
         ]
-        self.scheduler = Scheduler(
-            [
-                Replica(r.label, run, setup=r.setup, memory=r.memory)
-                for r, run in zip(self._replicas, runners, strict=True)
-            ],
+        super().__init__(
+            source,
             max_batch_tokens=max_batch_tokens or default_batch_tokens(self.device),
             max_batch_size=max_batch_size,
             max_queue=max_queue,
-            name=source.name,
             # On CPU the forward pass runs as it is launched: overlapping would only add a batch of wait.
             overlap=self.device.type != "cpu",
+            replicas=[
+                Replica(r.label, run, setup=r.setup, memory=r.memory)
+                for r, run in zip(self._replicas, runners, strict=True)
+            ],
         )
         if compile:
             base = Path(compile_cache_dir) if compile_cache_dir else default_cache_dir(source.path)
@@ -119,7 +126,7 @@ class TorchEngine(LocalEngine):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await in_daemon_thread(self._load)  # a stop signal while loading need not wait for it
+        await in_daemon_thread(self.load)  # a stop signal while loading need not wait for it
         self.scheduler.start()
         # Warm-up: the first forward pass allocates and (on CUDA) picks kernels; pay it now. Two
         # documents of one request take the shared-prefix path, one alone the full-row path.
@@ -128,7 +135,7 @@ class TorchEngine(LocalEngine):
         if self._compile_cache is not None:
             log.info("%s", await asyncio.to_thread(self._compile_cache.save))
 
-    def _load(self) -> None:
+    def load(self) -> None:
         from transformers import AutoTokenizer
 
         n = len(self._replicas)
@@ -161,14 +168,6 @@ class TorchEngine(LocalEngine):
                 replica.setup()
                 replica.run(warm.ids, warm.type_ids)()
 
-    async def close(self) -> None:
-        await self.scheduler.close()
-        await super().close()
-
-    @property
-    def healthy(self) -> bool:
-        return self.scheduler.alive
-
     @property
     def cache_tag(self) -> str:
         return f"torch:{str(self.dtype).removeprefix('torch.')}"
@@ -180,21 +179,10 @@ class TorchEngine(LocalEngine):
             stats["prefix_saved_tokens"] = self._prefix_saved
         return stats
 
-    def devices(self) -> Sequence[DeviceStats]:
-        return self.scheduler.devices()
-
     # -- scoring -----------------------------------------------------------------------------
 
-    async def infer(self, encoded: Encoded, *, deadline: float | None) -> Sequence[Any]:
-        return await self.scheduler.submit(encoded.ids, encoded.type_ids, deadline=deadline)
-
-    def _run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
+    def run_batch(self, ids: list[list[int]], type_ids: list[list[int]] | None) -> Finish:
         return self._main.run(ids, type_ids)
-
-    def forward(self, ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[Any]:
-        """One forward pass on the calling thread, bypassing the scheduler: the baseline servers
-        in ``bench/`` score each request this way so they run exactly rerankd's model code."""
-        return list(self._run_batch(ids, type_ids)())
 
 
 class _Replica:
@@ -359,12 +347,16 @@ def _cross_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Hea
     from transformers import AutoModelForSequenceClassification
 
     model = _load_model(engine, AutoModelForSequenceClassification, src, replica.device)
-    n_labels = model.config.num_labels
-    # XLM-RoBERTa's and ModernBERT's tokenizers give no segment ids; ModernBERT takes none.
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
-    model = _maybe_compile(engine, model)
+    return cross_encoder_head(_maybe_compile(engine, model), src, model.config.num_labels)
+
+
+def cross_encoder_head(model: Any, src: ModelSource, n_labels: int) -> Head:
+    """Raw logits of a sequence classifier; the ONNX exporter traces this same function."""
     if n_labels not in (1, 2):
         raise ConfigError(f"model {src.name!r} has {n_labels} labels; a cross-encoder needs 1 or 2")
+    # XLM-RoBERTa's and ModernBERT's tokenizers give no segment ids; ModernBERT takes none.
+    forward = getattr(model, "_orig_mod", model).forward  # a compiled module wraps the model
+    takes_types = "token_type_ids" in inspect.signature(forward).parameters
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"token_type_ids": types} if types is not None and takes_types else {}
@@ -379,7 +371,11 @@ def _cross_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Hea
 def _bi_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
     from transformers import AutoModel
 
-    model = _maybe_compile(engine, _load_model(engine, AutoModel, src, replica.device))
+    return bi_encoder_head(_maybe_compile(engine, _load_model(engine, AutoModel, src, replica.device)), src)
+
+
+def bi_encoder_head(model: Any, src: ModelSource) -> Head:
+    """Pooled, L2-normalised embeddings; the ONNX exporter traces this same function."""
     cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
