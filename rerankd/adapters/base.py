@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
+from rerankd.requester import requested_by
 
 __all__ = ["TOKENIZE_CHUNK", "Engine", "LocalEngine", "ScoreResult"]
 
@@ -92,7 +94,11 @@ class LocalEngine(Engine):
     async def score(
         self, query: str, documents: Sequence[str], opts: EncodeOptions, *, deadline: float | None = None
     ) -> ScoreResult:
+        started = time.perf_counter()
         encoded = await self.encode(query, documents, opts)
+        stages = requested_by.get().stages
+        if stages is not None:
+            stages.tokenization += time.perf_counter() - started
         outputs = await self.infer(encoded, deadline=deadline)
         tokens = [0] * encoded.n_documents
         chunks = [0] * encoded.n_documents
