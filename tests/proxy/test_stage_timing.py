@@ -22,8 +22,9 @@ HEADERS = ("x-total-time", "x-compute-time", "x-tokenization-time", "x-queue-tim
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[RerankdServer]:
-    # Small batches: a request of a few dozen documents takes several forward passes.
-    with rerankd_server(["--max-batch-tokens", "256"]) as s:
+    # Small batches: a request of a few dozen documents takes several forward passes. A long
+    # deadline: on a busy machine two such requests at once take longer than the default's 30 s.
+    with rerankd_server(["--max-batch-tokens", "256", "--request-timeout-s", "300"]) as s:
         yield s
 
 
