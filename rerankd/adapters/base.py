@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
 from rerankd.requester import requested_by
+from rerankd.scheduler import Histogram, Scheduler
 
 __all__ = ["TOKENIZE_CHUNK", "Engine", "LocalEngine", "ScoreResult"]
 
@@ -56,6 +57,15 @@ class Engine(ABC):
 
     def stats(self) -> dict[str, float]:
         return {}
+
+    def histograms(self) -> Mapping[str, Histogram]:
+        """``batch_size``, ``batch_tokens``, ``queue_wait`` (see docs/observability.md), where the
+        engine measures them."""
+        scheduler = getattr(self, "scheduler", None)
+        if not isinstance(scheduler, Scheduler):
+            return {}
+        s = scheduler.stats
+        return {"batch_size": s.batch_sizes, "batch_tokens": s.batch_tokens, "queue_wait": s.queue_wait}
 
     @property
     def cache_tag(self) -> str:

@@ -31,7 +31,6 @@ from prometheus_client.registry import Collector
 from rerankd.errors import RateLimited, RerankdError, Unauthorized
 from rerankd.proxy.auth import METRICS_PATH
 from rerankd.scheduler import Histogram as StatsHistogram
-from rerankd.scheduler import Scheduler
 from rerankd.service import RerankService
 from rerankd.stages import StageTimes
 
@@ -187,6 +186,20 @@ class ServiceCollector(Collector):
         batch_tokens = HistogramMetricFamily(
             "rerankd_batch_tokens", "Real tokens per forward pass", labels=["model"]
         )
+        # Figures only vLLM's engine has: its KV cache and prefix cache.
+        vllm_only: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "kv_cache_usage": GaugeMetricFamily(
+                "rerankd_kv_cache_usage", "Share of the KV cache in use (0 to 1)", labels=["model"]
+            ),
+            "prefix_cache_queries": CounterMetricFamily(
+                "rerankd_prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache",
+                labels=["model"],
+            ),
+            "prefix_cache_hits": CounterMetricFamily(
+                "rerankd_prefix_cache_hits", "Prompt tokens found in the prefix cache", labels=["model"]
+            ),
+        }
         waits = HistogramMetricFamily(
             "rerankd_queue_wait_seconds",
             "Time a sequence waits before its batch is launched",
@@ -204,14 +217,16 @@ class ServiceCollector(Collector):
                 depth.add_metric([name], stats["queue_depth"])
             if "running" in stats:
                 running.add_metric([name], stats["running"])
-            # Engines with a cross-request scheduler (the torch engine) keep histograms in it.
-            scheduler = getattr(engine, "scheduler", None)
-            if isinstance(scheduler, Scheduler):
-                sizes.add_metric([name], *_buckets(scheduler.stats.batch_sizes))
-                batch_tokens.add_metric([name], *_buckets(scheduler.stats.batch_tokens))
-                waits.add_metric([name], *_buckets(scheduler.stats.queue_wait))
+            for key, only in vllm_only.items():
+                if key in stats:
+                    only.add_metric([name], stats[key])
+            histograms = engine.histograms()
+            for key, h in (("batch_size", sizes), ("batch_tokens", batch_tokens), ("queue_wait", waits)):
+                if key in histograms:
+                    h.add_metric([name], *_buckets(histograms[key]))
         yield from families.values()
         yield from (tokens, depth, running, sizes, batch_tokens, waits)
+        yield from vllm_only.values()
 
     def _cache(self) -> Iterator[Metric]:
         scorer = self.service.scorer
