@@ -186,7 +186,7 @@ class ServiceCollector(Collector):
         batch_tokens = HistogramMetricFamily(
             "rerankd_batch_tokens", "Real tokens per forward pass", labels=["model"]
         )
-        # Figures only vLLM's engine has: its KV cache and prefix cache.
+        # Figures only vLLM's engine has: its KV cache and prefix cache (0 for the others).
         vllm_only: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "kv_cache_usage": GaugeMetricFamily(
                 "rerankd_kv_cache_usage", "Share of the KV cache in use (0 to 1)", labels=["model"]
@@ -218,8 +218,8 @@ class ServiceCollector(Collector):
             if "running" in stats:
                 running.add_metric([name], stats["running"])
             for key, only in vllm_only.items():
-                if key in stats:
-                    only.add_metric([name], stats[key])
+                # 0 for engines with neither cache, so that every engine serves the same names.
+                only.add_metric([name], stats.get(key, 0.0))
             histograms = engine.histograms()
             for key, h in (("batch_size", sizes), ("batch_tokens", batch_tokens), ("queue_wait", waits)):
                 if key in histograms:
