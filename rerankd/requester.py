@@ -10,6 +10,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from rerankd.stages import StageTimes
+
 __all__ = ["Requester", "requested_by"]
 
 
@@ -19,6 +21,8 @@ class Requester:
     tenant: str = ""
     #: Cohere's priority: 0 (the default) first, 999 last.
     priority: int = 0
+    #: Where the request's time goes; engines and the scheduler add their stages to it.
+    stages: StageTimes | None = None
 
 
 #: A frozen value, so one default shared by every context is safe.

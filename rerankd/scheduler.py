@@ -46,9 +46,11 @@ from typing import Any
 
 from rerankd.errors import EngineFailure, EngineUnavailable, Overloaded, Timeout
 from rerankd.requester import Requester, requested_by
+from rerankd.stages import StageTimes
 
 __all__ = [
     "BATCH_SIZE_BOUNDS",
+    "BATCH_TOKENS_BOUNDS",
     "QUEUE_WAIT_BOUNDS",
     "DeviceStats",
     "Finish",
@@ -111,6 +113,9 @@ class _Job:
     failed: bool = False
     #: Whether the job still has rows waiting (it is in the scheduler's list).
     queued: bool = True
+    #: The request's stage times, and ``time.monotonic()`` at the launch of its first batch.
+    stages: StageTimes | None = None
+    launched: float = 0.0
 
     def abandoned(self) -> bool:
         return self.failed or self.future.done()
@@ -169,6 +174,8 @@ class _Launched:
 
 #: Upper bounds of the batch-size and queue-wait histograms (rows; seconds).
 BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Upper bounds of the batch-tokens histogram (real tokens per forward pass).
+BATCH_TOKENS_BOUNDS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 QUEUE_WAIT_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -206,6 +213,10 @@ class SchedulerStats:
     #: Measured real tokens per busy second (0 until measured).
     tokens_per_s: float = 0.0
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
+    #: Real tokens per forward pass.
+    batch_tokens: Histogram = field(default_factory=lambda: Histogram(BATCH_TOKENS_BOUNDS))
+    #: Sequences in the forward passes in flight now.
+    running: int = 0
     #: Per sequence: from its request's submit to the launch of the batch that carries it.
     queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BOUNDS))
 
@@ -282,6 +293,7 @@ class Scheduler:
             "padded_tokens": s.padded_tokens,
             "busy_seconds": s.busy_s,
             "queue_depth": self.queue_depth,
+            "running": s.running,
             "refused": s.refused,
             "tokens_per_second": s.tokens_per_s,
         }
@@ -359,6 +371,7 @@ class Scheduler:
                 queued_tokens=sum(lengths),
                 outputs=[None] * len(ids),
                 remaining=len(ids),
+                stages=who.stages,
             )
             self._jobs.append(job)
             self._queued_rows += len(ids)
@@ -367,7 +380,11 @@ class Scheduler:
         # A cancelled await (client gone, deadline passed) cancels the future: its rows leave the
         # queue at once, so they neither run nor count against the admission of others.
         job.future.add_done_callback(lambda _: self._withdraw(job))
-        return await job.future
+        outputs = await job.future
+        if job.stages is not None:  # see rerankd.stages: queue until the first launch, then inference
+            job.stages.queue += job.launched - job.enqueued
+            job.stages.inference += time.monotonic() - job.launched
+        return outputs
 
     def _admit(
         self, rows: int, tokens: int, deadline: float | None, place: tuple[int, float, float], now: float
@@ -526,10 +543,15 @@ class Scheduler:
         if replica.in_flight == 0:
             replica.busy_since = launched
         replica.in_flight += 1
+        if self._multi:
+            with self._stats_lock:
+                self.stats.running += len(batch)
+        else:
+            self.stats.running += len(batch)
         try:
             finish = replica.runner(ids, types)
         except Exception:
-            self._landed(replica)
+            self._landed(replica, len(batch))
             self._batch_failed(batch, replica, retried)
             return None
         return _Launched(batch, finish, launched, replica, retried)
@@ -542,7 +564,7 @@ class Scheduler:
             self._batch_failed(batch, replica, launched.retried)
             return
         finally:
-            self._landed(replica)
+            self._landed(replica, len(batch))
         now = time.perf_counter()
         # The batch's own time: overlapped batches start being served when the one before lands.
         self._record(
@@ -574,6 +596,9 @@ class Scheduler:
         for job, _ in batch:
             rows[job] = rows.get(job, 0) + 1
         now = time.monotonic()
+        for job in rows:
+            if not job.launched:
+                job.launched = now
         if self._multi:
             with self._stats_lock:
                 for job, n in rows.items():
@@ -582,18 +607,21 @@ class Scheduler:
         for job, n in rows.items():
             self.stats.queue_wait.observe(now - job.enqueued, n)
 
-    def _landed(self, replica: Replica) -> None:
+    def _landed(self, replica: Replica, rows: int) -> None:
         # Busy time is wall time with a batch in flight; overlapping batches count once. With
         # several replicas the engine's busy seconds are the sum of its devices'.
         replica.in_flight -= 1
+        busy = 0.0
         if replica.in_flight == 0:
             busy = time.perf_counter() - replica.busy_since
             replica.busy_s += busy
-            if self._multi:
-                with self._stats_lock:
-                    self.stats.busy_s += busy
-            else:
+        if self._multi:
+            with self._stats_lock:
                 self.stats.busy_s += busy
+                self.stats.running -= rows
+        else:
+            self.stats.busy_s += busy
+            self.stats.running -= rows
 
     def _record(self, ids: list[list[int]], n_jobs: int, seconds: float, replica: Replica) -> None:
         real = sum(map(len, ids))
@@ -614,6 +642,7 @@ class Scheduler:
         s.mixed_batches += n_jobs > 1
         s.sequences += len(ids)
         s.batch_sizes.observe(len(ids))
+        s.batch_tokens.observe(real)
         s.real_tokens += real
         s.padded_tokens += padded
         # The rate that matters is the one under load, when batches are full: a small batch costs

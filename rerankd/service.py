@@ -36,6 +36,7 @@ from rerankd.errors import (
 from rerankd.redisconn import SharedRedis
 from rerankd.requester import Requester, requested_by
 from rerankd.scoring import READ_WRITE, CachePolicy, PairScorer, Scored
+from rerankd.stages import StageTimes
 from rerankd.threads import in_daemon_thread
 
 __all__ = [
@@ -281,9 +282,11 @@ class RerankService:
         request_id: str = "-",
         cache: CachePolicy = READ_WRITE,
         tenant: str = "",
+        stages: StageTimes | None = None,
     ) -> RerankOutcome:
         """Rank ``q``'s documents. ``tenant`` (API key name, or client address) is who the work is
-        for: the scheduler shares the engine fairly between tenants.
+        for: the scheduler shares the engine fairly between tenants. ``stages``, when given, gets
+        the time of each scoring stage added to it (:mod:`rerankd.stages`).
 
         One deadline (``request_timeout_s``) bounds the whole request, tokenizing, queueing and
         scoring: when it passes, the work stops and :class:`Timeout` answers."""
@@ -297,11 +300,14 @@ class RerankService:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
-        token = requested_by.set(Requester(tenant=tenant, priority=q.priority))
+        token = requested_by.set(Requester(tenant, q.priority, stages))
         timeout = self.settings.request_timeout_s
         try:
             async with asyncio.timeout(timeout):
+                started = time.perf_counter()
                 result = await self._score(name, engine, q, request_id, cache, time.monotonic() + timeout)
+                if stages is not None:
+                    stages.compute += time.perf_counter() - started
         except TimeoutError:
             raise Timeout(f"the request did not finish within {timeout:g} s (request_timeout_s)") from None
         except asyncio.CancelledError:

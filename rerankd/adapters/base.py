@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
-from rerankd.scheduler import DeviceStats, Finish, Replica, Scheduler
+from rerankd.requester import requested_by
+from rerankd.scheduler import DeviceStats, Finish, Histogram, Replica, Scheduler
 from rerankd.threads import in_daemon_thread
 
 __all__ = ["TOKENIZE_CHUNK", "BatchedEngine", "Engine", "LocalEngine", "ScoreResult"]
@@ -61,6 +63,15 @@ class Engine(ABC):
         """Per device replica: counters and whether it serves; empty where the engine has none."""
         return ()
 
+    def histograms(self) -> Mapping[str, Histogram]:
+        """``batch_size``, ``batch_tokens``, ``queue_wait`` (see docs/observability.md), where the
+        engine measures them."""
+        scheduler = getattr(self, "scheduler", None)
+        if not isinstance(scheduler, Scheduler):
+            return {}
+        s = scheduler.stats
+        return {"batch_size": s.batch_sizes, "batch_tokens": s.batch_tokens, "queue_wait": s.queue_wait}
+
     @property
     def cache_tag(self) -> str:
         """Whatever besides the model changes this engine's scores (e.g. its precision); part of
@@ -98,7 +109,11 @@ class LocalEngine(Engine):
     async def score(
         self, query: str, documents: Sequence[str], opts: EncodeOptions, *, deadline: float | None = None
     ) -> ScoreResult:
+        started = time.perf_counter()
         encoded = await self.encode(query, documents, opts)
+        stages = requested_by.get().stages
+        if stages is not None:
+            stages.tokenization += time.perf_counter() - started
         outputs = await self.infer(encoded, deadline=deadline)
         tokens = [0] * encoded.n_documents
         chunks = [0] * encoded.n_documents

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rerankd.adapters.base import LocalEngine
@@ -34,6 +35,8 @@ from rerankd.adapters.formats import (
 from rerankd.adapters.loader import ModelSource
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
+from rerankd.requester import requested_by
+from rerankd.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
 
 __all__ = [
     "SCORING_KV_TOKENS",
@@ -109,6 +112,8 @@ class PoolingPlan:
             "tensor_parallel_size": options.tensor_parallel_size,
             "data_parallel_size": options.data_parallel_size,
             "enforce_eager": options.enforce_eager,
+            # vLLM's own log lines and its global Prometheus registry stay off; rerankd's stat
+            # logger (VLLMStats) still gets every step's figures.
             "disable_log_stats": True,
         }
         for name in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "quantization"):
@@ -266,11 +271,79 @@ def vllm_cache_tag(dtype: Any) -> str:
     return f"vllm:{str(dtype).removeprefix('torch.')}"
 
 
-def _async_llm(kwargs: dict[str, Any]) -> Any:
+@dataclass(eq=False)
+class VLLMStats:
+    """What vLLM's engine reports after every step, kept under rerankd's names (docs/observability.md).
+
+    Filled by vLLM's output handler on the event loop (through :func:`_stat_logger`) and read there by
+    scrapes and by :meth:`VLLMEngine.infer`, so it needs no lock."""
+
+    waiting: int = 0
+    running: int = 0
+    #: Share of the KV cache's blocks in use, 0 to 1.
+    kv_cache_usage: float = 0.0
+    #: Prompt tokens looked up in the prefix cache, and those found there.
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    #: Engine steps that ran prompt tokens, and the tokens they computed (prefix-cache hits not counted).
+    batches: int = 0
+    computed_tokens: int = 0
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
+    batch_tokens: Histogram = field(default_factory=lambda: Histogram(BATCH_TOKENS_BOUNDS))
+    #: Per sequence: from its arrival at vLLM to its first step.
+    queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BOUNDS))
+    #: Per rerankd request id in flight: the shortest queue wait of its sequences so far.
+    first_scheduled: dict[str, float] = field(default_factory=dict)
+
+    def record(self, scheduler: Any, iteration: Any) -> None:
+        if scheduler is not None:
+            self.waiting = scheduler.num_waiting_reqs
+            self.running = scheduler.num_running_reqs
+            self.kv_cache_usage = scheduler.kv_cache_usage
+            self.prefix_queries += scheduler.prefix_cache_stats.queries
+            self.prefix_hits += scheduler.prefix_cache_stats.hits
+        if iteration is None:
+            return
+        prompt = iteration.prompt_token_stats
+        if prompt.total:
+            self.batches += 1
+            self.computed_tokens += prompt.computed
+            self.batch_tokens.observe(prompt.total)
+            if scheduler is not None:
+                self.batch_sizes.observe(max(1, scheduler.num_running_reqs))
+        for finished in iteration.finished_requests:
+            self.queue_wait.observe(finished.queued_time)
+            # Sequence ids are "<request>-<index>" (VLLMEngine.infer).
+            owner = (finished.request_id or "").rpartition("-")[0]
+            if owner in self.first_scheduled:
+                self.first_scheduled[owner] = min(self.first_scheduled[owner], finished.queued_time)
+
+
+def _stat_logger(stats: VLLMStats) -> Callable[..., Any]:
+    """A factory of vLLM stat loggers (one per engine core) that feed ``stats``. In a worker
+    thread: it imports vLLM."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class Logger(StatLoggerBase):  # type: ignore[misc]
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+        ) -> None:
+            stats.record(scheduler_stats, iteration_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return Logger
+
+
+def _async_llm(kwargs: dict[str, Any], stats: VLLMStats) -> Any:
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs), stat_loggers=[_stat_logger(stats)])
 
 
 class VLLMEngine(LocalEngine):
@@ -285,6 +358,7 @@ class VLLMEngine(LocalEngine):
         self._llm: Any = None
         self._plan: PoolingPlan | None = None
         self._cache_tag = "vllm"
+        self.vllm_stats = VLLMStats()
 
     @property
     def vllm_config(self) -> Any:
@@ -296,7 +370,7 @@ class VLLMEngine(LocalEngine):
         self._plan = plan
         log.info("starting vLLM for %s (%s) from %s", self.source.name, self.source.format, self.source.path)
         try:
-            self._llm = await asyncio.to_thread(_async_llm, plan.engine_kwargs)
+            self._llm = await asyncio.to_thread(_async_llm, plan.engine_kwargs, self.vllm_stats)
         except Exception as exc:
             raise EngineStartError(start_failure(self.source, exc)) from exc
         self._cache_tag = vllm_cache_tag(self._llm.model_config.dtype)
@@ -315,7 +389,22 @@ class VLLMEngine(LocalEngine):
         return self._cache_tag
 
     def stats(self) -> dict[str, float]:
-        return {"sequences": self._sequences, "in_flight": self._in_flight}
+        v = self.vllm_stats
+        return {
+            "sequences": self._sequences,
+            "in_flight": self._in_flight,
+            "batches": v.batches,
+            "real_tokens": v.computed_tokens,
+            "queue_depth": v.waiting,
+            "running": v.running,
+            "kv_cache_usage": v.kv_cache_usage,
+            "prefix_cache_queries": v.prefix_queries,
+            "prefix_cache_hits": v.prefix_hits,
+        }
+
+    def histograms(self) -> Mapping[str, Histogram]:
+        v = self.vllm_stats
+        return {"batch_size": v.batch_sizes, "batch_tokens": v.batch_tokens, "queue_wait": v.queue_wait}
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
@@ -334,6 +423,10 @@ class VLLMEngine(LocalEngine):
         request_id = uuid.uuid4().hex
         types = encoded.type_ids
         tasks: list[asyncio.Future[Any]] = []
+        stages = requested_by.get().stages
+        first = self.vllm_stats.first_scheduled
+        first[request_id] = math.inf
+        submitted = time.monotonic()
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             async with asyncio.timeout(timeout):
@@ -351,7 +444,16 @@ class VLLMEngine(LocalEngine):
                         )
                         for i in range(start, min(n, start + _SUBMIT_SLICE))
                     ]
-                return await asyncio.gather(*tasks)
+                outputs = await asyncio.gather(*tasks)
+            if stages is not None:
+                # See rerankd.stages. vLLM reports a sequence's queue wait when it finishes: the
+                # shortest one is the wait for the first step; unknown yet, the span is all inference.
+                span = time.monotonic() - submitted
+                queue = first[request_id]
+                queue = queue if queue <= span else 0.0
+                stages.queue += queue
+                stages.inference += span - queue
+            return outputs
         except TimeoutError:
             raise Timeout() from None
         except Exception as exc:
@@ -363,6 +465,7 @@ class VLLMEngine(LocalEngine):
             # their vLLM requests, so a dropped request never keeps the engine busy.
             for task in tasks:
                 task.cancel()
+            first.pop(request_id, None)
             self._in_flight -= n
             self._sequences += n
 

@@ -11,13 +11,13 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from rerankd import __version__
 from rerankd.auth.gate import Gate, build_gate
 from rerankd.config import Settings
 from rerankd.errors import RerankdError
+from rerankd.proxy.apidocs import assets_router, swagger_plugin
 from rerankd.proxy.auth import open_paths
 from rerankd.proxy.errors import RerankdRequest, exception_handlers
 from rerankd.proxy.metrics import Metrics, metrics_endpoint
@@ -75,7 +75,7 @@ def create_app(
             await svc.close()
 
     return Litestar(
-        route_handlers=[*ROUTES, metrics_endpoint],
+        route_handlers=[*ROUTES, metrics_endpoint, assets_router()],
         dependencies={
             "service": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
@@ -100,7 +100,7 @@ def create_app(
             title="rerankd",
             version=__version__,
             path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[swagger_plugin()],
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(type="http", scheme="bearer", description="rk-...")

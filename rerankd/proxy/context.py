@@ -17,6 +17,7 @@ from rerankd.auth.gate import Gate
 from rerankd.auth.keys import KeyRecord
 from rerankd.errors import RerankdError
 from rerankd.service import RerankOutcome
+from rerankd.stages import StageTimes
 
 __all__ = ["CONTEXT_KEY", "RequestContext", "context_of", "header", "request_id_from"]
 
@@ -39,6 +40,8 @@ class RequestContext:
     requested_model: str | None = None
     documents: int | None = None
     outcome: RerankOutcome | None = None
+    #: Where a scoring request's time went (set by scoring routes; TEI's timing headers).
+    stages: StageTimes | None = None
     #: Tokens held on the key's token bucket at admission, settled when the response starts.
     reserved_tokens: int = 0
     settled: bool = False

@@ -10,6 +10,7 @@ Each app has its own registry, so several apps in one process (tests) never clas
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from litestar import Response, get
@@ -18,7 +19,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -27,12 +31,27 @@ from prometheus_client.registry import Collector
 from rerankd.errors import RateLimited, RerankdError, Unauthorized
 from rerankd.proxy.auth import METRICS_PATH
 from rerankd.scheduler import Histogram as StatsHistogram
-from rerankd.scheduler import Scheduler
 from rerankd.service import RerankService
+from rerankd.stages import StageTimes
 
 __all__ = ["Metrics", "ServiceCollector", "metrics_endpoint"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Stages of a cached request take well under a millisecond: finer low buckets than the latency's.
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, *_LATENCY_BUCKETS)
+#: The per-request stage histograms, in the order :meth:`Metrics.observe_stages` fills them.
+_STAGES: Sequence[tuple[str, str]] = (
+    ("rerankd_request_tokenization_seconds", "Per scoring request: time its documents spent being tokenized"),
+    ("rerankd_request_queue_seconds", "Per scoring request: from entering the engine to its first batch"),
+    ("rerankd_request_inference_seconds", "Per scoring request: from its first batch to its last row scored"),
+    (
+        "rerankd_request_compute_seconds",
+        "Per scoring request: the scoring step (cache, tokenize, queue, infer)",
+    ),
+)
+#: Litestar appends ``; charset=utf-8`` to every text/* media type, and prometheus_client's type
+#: names it already: give Litestar the type without it, so the header names it once.
+_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 
 class Metrics:
@@ -74,6 +93,13 @@ class Metrics:
             registry=r,
         )
         r.register(ServiceCollector(service))
+        #: Per model: one histogram per stage of :data:`_STAGES`, filled on the event loop.
+        self.stage_histograms: dict[str, tuple[StatsHistogram, ...]] = {}
+        r.register(StageCollector(self.stage_histograms))
+        # The standard process_* and python_* families, as every Prometheus client exports them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     def refused(self, exc: RerankdError) -> None:
         """Called by the auth middleware when it refuses a request."""
@@ -84,8 +110,36 @@ class Metrics:
         else:
             self.auth_failures.labels("key_store_unavailable").inc()
 
+    def observe_stages(self, model: str, stages: StageTimes) -> None:
+        """One scoring request's stage times; one call, a few C calls per stage, so that a cached
+        request stays cheap (prometheus_client's ``observe`` takes a lock and several calls)."""
+        histograms = self.stage_histograms.get(model)
+        if histograms is None:
+            histograms = self.stage_histograms[model] = tuple(StatsHistogram(_STAGE_BUCKETS) for _ in _STAGES)
+        values = (stages.tokenization, stages.queue, stages.inference, stages.compute)
+        for h, v in zip(histograms, values, strict=True):
+            h.counts[bisect.bisect_left(h.bounds, v)] += 1
+            h.total += v
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StageCollector(Collector):
+    """The per-request stage histograms (:mod:`rerankd.stages`), labelled by served model."""
+
+    def __init__(self, histograms: dict[str, tuple[StatsHistogram, ...]]) -> None:
+        self.histograms = histograms
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        families = [HistogramMetricFamily(name, doc, labels=["model"]) for name, doc in _STAGES]
+        for model, histograms in list(self.histograms.items()):
+            for family, h in zip(families, histograms, strict=True):
+                family.add_metric([model], *_buckets(h))
+        return families
 
 
 class ServiceCollector(Collector):
@@ -130,7 +184,29 @@ class ServiceCollector(Collector):
             labels=["model", "kind"],
         )
         depth = GaugeMetricFamily("rerankd_queue_depth", "Sequences waiting to be batched", labels=["model"])
+        running = GaugeMetricFamily(
+            "rerankd_engine_running_sequences",
+            "Sequences in the forward passes running now",
+            labels=["model"],
+        )
         sizes = HistogramMetricFamily("rerankd_batch_size", "Sequences per forward pass", labels=["model"])
+        batch_tokens = HistogramMetricFamily(
+            "rerankd_batch_tokens", "Real tokens per forward pass", labels=["model"]
+        )
+        # Figures only vLLM's engine has: its KV cache and prefix cache (0 for the others).
+        vllm_only: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "kv_cache_usage": GaugeMetricFamily(
+                "rerankd_kv_cache_usage", "Share of the KV cache in use (0 to 1)", labels=["model"]
+            ),
+            "prefix_cache_queries": CounterMetricFamily(
+                "rerankd_prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache",
+                labels=["model"],
+            ),
+            "prefix_cache_hits": CounterMetricFamily(
+                "rerankd_prefix_cache_hits", "Prompt tokens found in the prefix cache", labels=["model"]
+            ),
+        }
         waits = HistogramMetricFamily(
             "rerankd_queue_wait_seconds",
             "Time a sequence waits before its batch is launched",
@@ -146,13 +222,18 @@ class ServiceCollector(Collector):
                     tokens.add_metric([name, kind], stats[f"{kind}_tokens"])
             if "queue_depth" in stats:
                 depth.add_metric([name], stats["queue_depth"])
-            # Engines with a cross-request scheduler (the torch engine) keep histograms in it.
-            scheduler = getattr(engine, "scheduler", None)
-            if isinstance(scheduler, Scheduler):
-                sizes.add_metric([name], *_buckets(scheduler.stats.batch_sizes))
-                waits.add_metric([name], *_buckets(scheduler.stats.queue_wait))
+            if "running" in stats:
+                running.add_metric([name], stats["running"])
+            for key, only in vllm_only.items():
+                # 0 for engines with neither cache, so that every engine serves the same names.
+                only.add_metric([name], stats.get(key, 0.0))
+            histograms = engine.histograms()
+            for key, h in (("batch_size", sizes), ("batch_tokens", batch_tokens), ("queue_wait", waits)):
+                if key in histograms:
+                    h.add_metric([name], *_buckets(histograms[key]))
         yield from families.values()
-        yield from (tokens, depth, sizes, waits)
+        yield from (tokens, depth, running, sizes, batch_tokens, waits)
+        yield from vllm_only.values()
 
     def _devices(self) -> Iterator[Metric]:
         """Per device replica of each model (the torch engine; several with ``devices``)."""
@@ -250,4 +331,4 @@ def _buckets(h: StatsHistogram) -> tuple[Sequence[tuple[str, float]], float]:
 
 @get(METRICS_PATH, summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
 def metrics_endpoint(metrics: Metrics) -> Response[bytes]:
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=_MEDIA_TYPE)

@@ -72,7 +72,22 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                stages = ctx.stages
+                if stages is None:
+                    message["headers"] = [*message.get("headers", ()), id_header]
+                else:
+                    # TEI's timing headers, in its unit (whole milliseconds): rerankd.stages says
+                    # what each stage covers.
+                    total = time.perf_counter() - started
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        id_header,
+                        (b"x-total-time", b"%d" % (total * 1000)),
+                        (b"x-compute-time", b"%d" % (stages.compute * 1000)),
+                        (b"x-tokenization-time", b"%d" % (stages.tokenization * 1000)),
+                        (b"x-queue-time", b"%d" % (stages.queue * 1000)),
+                        (b"x-inference-time", b"%d" % (stages.inference * 1000)),
+                    ]
                 if ctx.key is not None and not ctx.settled:
                     await self._settle(ctx)
             await send(message)

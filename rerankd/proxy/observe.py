@@ -58,6 +58,8 @@ def finish(
     if outcome is not None:
         metrics.documents.labels(model).inc(ctx.documents or 0)
         metrics.tokens.labels(model).inc(outcome.input_tokens)
+        if ctx.stages is not None:
+            metrics.observe_stages(model, ctx.stages)
     level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
     if not log.isEnabledFor(level):
         return

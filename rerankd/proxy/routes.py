@@ -28,6 +28,7 @@ from rerankd.proxy.dialects.base import check_query_length, unknown_field_warnin
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
+from rerankd.stages import StageTimes
 
 __all__ = ["ROUTES"]
 
@@ -43,6 +44,20 @@ RESPONSE_HEADERS = [
         name="X-Cache-Hits",
         description="HITS/PAIRS: pairs of this request served from the cache, of all pairs",
         documentation_only=True,
+    ),
+    *(
+        ResponseHeader(
+            name=name,
+            description=f"{what} (milliseconds; see docs/observability.md)",
+            documentation_only=True,
+        )
+        for name, what in (
+            ("X-Total-Time", "Time from receiving the request to the start of this response"),
+            ("X-Compute-Time", "Time of the scoring step: cache look-up, tokenization, queue, inference"),
+            ("X-Tokenization-Time", "Time this request's documents spent being tokenized"),
+            ("X-Queue-Time", "Time from entering the engine to the launch of its first batch"),
+            ("X-Inference-Time", "Time from the launch of its first batch to its last sequence scored"),
+        )
     ),
     ResponseHeader(
         name="X-API-Warning",
@@ -107,14 +122,16 @@ async def _rerank(
         raise BadRequest(f"too many pairs: {len(documents)}; at most {limit} per request")
     ctx.requested_model = queries[0].model
     ctx.documents = len(documents)
+    ctx.stages = stages = StageTimes()
     if ctx.key is not None and ctx.key.tpm and ctx.gate is not None:
         await _reserve(ctx, ctx.gate, ctx.key, service, queries)
+    rid = ctx.request_id
     if len(queries) == 1:
-        work = service.rerank(queries[0], request_id=ctx.request_id, cache=policy, tenant=tenant)
+        work = service.rerank(queries[0], request_id=rid, cache=policy, tenant=tenant, stages=stages)
         outcomes = [await until_disconnect(request.receive, work)]
     else:
         many = asyncio.gather(
-            *(service.rerank(q, request_id=ctx.request_id, cache=policy, tenant=tenant) for q in queries)
+            *(service.rerank(q, request_id=rid, cache=policy, tenant=tenant, stages=stages) for q in queries)
         )
         outcomes = await until_disconnect(request.receive, many)
     ctx.outcome = outcomes[0] if len(outcomes) == 1 else _merged(outcomes)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource, resolve_model
@@ -19,7 +21,11 @@ from rerankd.adapters.vllm_engine import (
     cpu_kv_cache_bytes,
     scoring_kv_cache_bytes,
 )
-from rerankd.config import ModelConfig
+from rerankd.config import ModelConfig, Settings
+from rerankd.proxy.metrics import Metrics
+from rerankd.requester import Requester, requested_by
+from rerankd.service import RerankService
+from rerankd.stages import StageTimes
 from tests.fixtures.qwen3_reference import model_card_scores
 from tests.ranking import assert_same_ranking
 
@@ -129,3 +135,63 @@ async def test_token_prompts_and_a_kv_cache_sized_for_scoring(engine: VLLMEngine
     assert "gpu_memory_utilization" not in plan.engine_kwargs
     shared = VLLMOptions(dtype="float32", gpu_memory_utilization=0.3)
     assert "kv_cache_memory_bytes" not in PoolingPlan(engine.source, engine.format, shared).engine_kwargs
+
+
+async def test_vllm_reports_its_engine_figures_and_the_request_stages(
+    engine: VLLMEngine, tiny_qwen3_dir: Path
+) -> None:
+    before, counts_before = engine.stats(), {k: list(h.counts) for k, h in engine.histograms().items()}
+    tokens_before = engine.histograms()["batch_tokens"].total
+    stages = StageTimes()
+    token = requested_by.set(Requester(stages=stages))
+    started = time.monotonic()
+    try:
+        first = await engine.score(QUERY, DOCS[:4], EncodeOptions())
+        second = await engine.score(QUERY, DOCS[4:], EncodeOptions())
+    finally:
+        requested_by.reset(token)
+    wall = time.monotonic() - started
+    await asyncio.sleep(0.2)  # vLLM records a step's figures right after handing out its outputs
+    after = engine.stats()
+    n_tokens = first.n_tokens + second.n_tokens
+    assert after["batches"] > before["batches"]
+    assert after["prefix_cache_queries"] - before["prefix_cache_queries"] >= n_tokens
+    # No hits need be there: vLLM caches whole blocks only, and on CPU a block (128 tokens) is
+    # longer than these prompts' shared head. What was found is not computed again (below).
+    assert after["prefix_cache_hits"] >= before["prefix_cache_hits"]
+    # Computed tokens are the prompt tokens the prefix cache did not serve.
+    computed = after["real_tokens"] - before["real_tokens"]
+    hits = after["prefix_cache_hits"] - before["prefix_cache_hits"]
+    assert computed == n_tokens - hits
+    assert 0 <= after["kv_cache_usage"] <= 1
+    histograms = engine.histograms()
+    # One queue wait per sequence; every prompt token in one step's batch tokens.
+    waits = sum(histograms["queue_wait"].counts) - sum(counts_before["queue_wait"])
+    assert waits == len(DOCS)
+    assert histograms["batch_tokens"].total - tokens_before == n_tokens
+    assert sum(histograms["batch_size"].counts) > sum(counts_before["batch_size"])
+    assert stages.tokenization > 0
+    assert stages.inference > 0
+    assert stages.queue >= 0
+    assert stages.tokenization + stages.queue + stages.inference <= wall
+
+    # The same figures under rerankd's names, as /metrics serves them.
+    service = RerankService(Settings(models=(ModelConfig(name="tiny-qwen3", path=str(tiny_qwen3_dir)),)))
+    service.engines["tiny-qwen3"] = engine
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(Metrics(service).exposition().decode())
+        for s in family.samples
+        if s.labels.get("model") == "tiny-qwen3" and s.labels.get("le") in (None, "+Inf")
+    }
+    served = engine.stats()
+    assert samples["rerankd_queue_depth"] == served["queue_depth"]
+    assert samples["rerankd_engine_running_sequences"] == served["running"]
+    assert samples["rerankd_kv_cache_usage"] == served["kv_cache_usage"]
+    assert samples["rerankd_prefix_cache_queries_total"] == served["prefix_cache_queries"]
+    assert samples["rerankd_prefix_cache_hits_total"] == served["prefix_cache_hits"]
+    assert samples["rerankd_engine_batches_total"] == served["batches"]
+    assert samples["rerankd_engine_tokens_total"] == served["real_tokens"]
+    assert samples["rerankd_batch_tokens_sum"] == histograms["batch_tokens"].total
+    assert samples["rerankd_queue_wait_seconds_count"] == sum(histograms["queue_wait"].counts)
+    assert samples["rerankd_batch_size_count"] == sum(histograms["batch_size"].counts)

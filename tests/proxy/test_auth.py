@@ -135,7 +135,7 @@ def test_the_scheme_is_case_insensitive(client: httpx.Client, keyed: Keyed) -> N
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("path", ["/health", "/ready", "/docs/openapi.json"])
+@pytest.mark.parametrize("path", ["/health", "/ready", "/docs/openapi.json", "/docs/assets/swagger-ui.css"])
 def test_probes_and_the_api_description_are_open(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 200
 
