@@ -7,6 +7,7 @@ overlapping windows whose best score is the document's score.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -132,9 +133,34 @@ class ModelFormat(ABC):
         """The model's raw output (a logit) as a 0..1 relevance score."""
         return sigmoid(raw)
 
+    def query_over(self, query: str, opts: EncodeOptions) -> tuple[int, int] | None:
+        """``None`` when the query fits in the context uncut; else its tokens as this format counts
+        them and the most that fit.
+
+        Most queries are short: no tokenizer runs when the text's UTF-8 bytes, plus the special
+        tokens, fit. No tokenizer makes more tokens than that (each token covers at least one byte,
+        byte fallback included; one more for a SentencePiece word-start piece), and a cached request
+        must not pay for tokenizing its query."""
+        text, room = self._query_text(query, opts), self._query_room(opts)
+        if len(text.encode("utf-8", "surrogatepass")) + self._query_specials() + 1 <= room:
+            return None
+        tokens = self._query_tokens(text)
+        return None if tokens <= room else (tokens, room)
+
+    def _query_text(self, query: str, opts: EncodeOptions) -> str:
+        """What is tokenized to count the query's tokens."""
+        return query
+
+    def _query_specials(self) -> int:
+        """Special tokens the count of :meth:`_query_tokens` includes."""
+        return 0
+
+    def _query_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     @abstractmethod
-    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
-        """The query's tokens as this format counts them, and the most that fit without cutting it."""
+    def _query_room(self, opts: EncodeOptions) -> int:
+        """The most tokens the query may have without being cut."""
 
     def _keep_last(self, documents: Sequence[str], room: int) -> list[str]:
         """Left truncation: keep the last ``room`` tokens of each text, cut at a character offset."""
@@ -230,10 +256,15 @@ class LLMYesNoFormat(ModelFormat):
                 owner.append(i)
         return Encoded(ids=ids, owner=owner, n_documents=len(documents))
 
-    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
-        head = self._ids(self.template.render_head(query, opts.instruction))
+    def _query_text(self, query: str, opts: EncodeOptions) -> str:
+        return self.template.render_head(query, opts.instruction)
+
+    def _query_tokens(self, text: str) -> int:
+        return len(self._ids(text))
+
+    def _query_room(self, opts: EncodeOptions) -> int:
         # The body must keep at least one document token after the head.
-        return len(head), self.max_length - len(self.prefix_ids) - len(self.suffix_ids) - 1
+        return self.max_length - len(self.prefix_ids) - len(self.suffix_ids) - 1
 
 
 class CrossEncoderFormat(ModelFormat):
@@ -247,8 +278,8 @@ class CrossEncoderFormat(ModelFormat):
         half = self.max_length // 2
         return query if len(ids) <= half else str(self.tokenizer.decode(ids[:half]))
 
-    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
-        return len(self.tokenizer(query, add_special_tokens=False)["input_ids"]), self.max_length // 2
+    def _query_room(self, opts: EncodeOptions) -> int:
+        return self.max_length // 2
 
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
         docs = self._cap_texts(documents, opts.max_tokens_per_doc)
@@ -281,8 +312,18 @@ class BiEncoderFormat(ModelFormat):
 
     kind = "bi-encoder"
 
-    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
-        return len(self.tokenizer(query)["input_ids"]), self.max_length
+    def _query_specials(self) -> int:
+        return self._specials
+
+    @functools.cached_property
+    def _specials(self) -> int:
+        return int(self.tokenizer.num_special_tokens_to_add(pair=False))
+
+    def _query_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def _query_room(self, opts: EncodeOptions) -> int:
+        return self.max_length
 
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
         docs = self._cap_texts(documents, opts.max_tokens_per_doc)
@@ -369,9 +410,14 @@ class PairPromptFormat(ModelFormat):
     def joint_length(self, instruction: str | None) -> int:
         """The most tokens of ``bos + query + sep + document``, before the task prompt is added."""
 
-    def query_room(self, query: str, opts: EncodeOptions) -> tuple[int, int]:
-        n = len(self._ids(self.prompt.render_query(query, opts.instruction)))
-        return n, self.budget(opts.instruction) * 3 // 4
+    def _query_text(self, query: str, opts: EncodeOptions) -> str:
+        return str(self.prompt.render_query(query, opts.instruction))
+
+    def _query_tokens(self, text: str) -> int:
+        return len(self._ids(text))
+
+    def _query_room(self, opts: EncodeOptions) -> int:
+        return self.budget(opts.instruction) * 3 // 4
 
     def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
         budget = self.budget(opts.instruction)

@@ -80,7 +80,8 @@ def create_app(
             "service": Provide(lambda: svc, use_cache=True, sync_to_thread=False),
             "metrics": Provide(lambda: metrics, use_cache=True, sync_to_thread=False),
         },
-        exception_handlers=exception_handlers,
+        # Requests the router refuses (404, 405) never reach the middleware: counted and logged there.
+        exception_handlers=observe_unmatched(metrics, exception_handlers),
         middleware=[
             *tracing_middleware(settings),
             DefineMiddleware(
@@ -91,8 +92,6 @@ def create_app(
                 open_paths=open_paths(metrics_auth=settings.metrics_auth),
             ),
         ],
-        # Requests the router refuses (404, 405) never reach the middleware: counted and logged here.
-        before_send=[observe_unmatched(metrics)],
         request_class=RerankdRequest,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from litestar import Response, get
 from prometheus_client import (
@@ -100,6 +101,30 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._model_children: dict[str, tuple[Any, Any]] = {}
+
+    def request_children(self, labels: tuple[str, str, str]) -> tuple[Any, Any]:
+        """The request counter's and latency histogram's series for ``(route, model, status)``.
+        Kept: ``labels()`` validates and locks on every call, and every request needs them.
+        Bounded, as the labels are (route templates, served models, statuses)."""
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (
+                self.requests.labels(*labels),
+                self.latency.labels(*labels),
+            )
+        return children
+
+    def model_children(self, model: str) -> tuple[Any, Any]:
+        """The documents and input-token counters' series for a served model."""
+        children = self._model_children.get(model)
+        if children is None:
+            children = self._model_children[model] = (
+                self.documents.labels(model),
+                self.tokens.labels(model),
+            )
+        return children
 
     def refused(self, exc: RerankdError) -> None:
         """Called by the auth middleware when it refuses a request."""

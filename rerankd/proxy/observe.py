@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
-from litestar.types import Message, Scope
+from litestar import Request, Response
+from litestar.types import ExceptionHandlersMap, Scope
 
 from rerankd.errors import ModelNotFound
 from rerankd.proxy.context import RequestContext, context_of
@@ -51,13 +52,14 @@ def finish(
 ) -> None:
     outcome = ctx.outcome
     model = _model(ctx, service)
-    labels = (route, model, str(status))
-    metrics.requests.labels(*labels).inc()
+    requests, latency = metrics.request_children((route, model, str(status)))
+    requests.inc()
     if elapsed is not None:
-        metrics.latency.labels(*labels).observe(elapsed)
+        latency.observe(elapsed)
     if outcome is not None:
-        metrics.documents.labels(model).inc(ctx.documents or 0)
-        metrics.tokens.labels(model).inc(outcome.input_tokens)
+        documents, tokens = metrics.model_children(model)
+        documents.inc(ctx.documents or 0)
+        tokens.inc(outcome.input_tokens)
         if ctx.stages is not None:
             metrics.observe_stages(model, ctx.stages)
     level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
@@ -79,15 +81,20 @@ def finish(
     log.log(level, "%s %s %d", fields["method"], route, status, extra={"fields": fields})
 
 
-def observe_unmatched(metrics: Metrics) -> Callable[[Message, Scope], Awaitable[None]]:
-    """A ``before_send`` hook: requests the router refused (404, 405) never reach the middleware;
-    count and log them here, without a latency (their start time is unknown)."""
+def observe_unmatched(metrics: Metrics, handlers: ExceptionHandlersMap) -> ExceptionHandlersMap:
+    """The exception handlers, also counting and logging the requests the router refused (404,
+    405): those never reach the request middleware, and are seen only here, without a latency
+    (their start time is unknown). Here and not in a ``before_send`` hook, which would wrap the
+    ``send`` of every request."""
 
-    async def hook(message: Message, scope: Scope) -> None:
-        if message["type"] != "http.response.start":
-            return
-        ctx = context_of(scope)
-        if ctx is not None and not ctx.routed:
-            finish(metrics, None, scope, ctx, UNMATCHED, int(message["status"]), None)
+    def observed(handler: Any) -> Any:
+        def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+            response = handler(request, exc)
+            ctx = context_of(request.scope)
+            if ctx is not None and not ctx.routed:
+                finish(metrics, None, request.scope, ctx, UNMATCHED, response.status_code, None)
+            return cast(Response[Any], response)
 
-    return hook
+        return handle
+
+    return {kind: observed(handler) for kind, handler in handlers.items()}

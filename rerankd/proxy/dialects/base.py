@@ -107,9 +107,10 @@ def check_query_length(service: RerankService, query: RerankQuery, rule: LongQue
     fmt = getattr(engine, "format", None)
     if fmt is None:
         return  # not loaded yet (the service answers 503) or scored elsewhere
-    tokens, room = fmt.query_room(query.query, query.options)
-    if tokens <= room:
+    over = fmt.query_over(query.query, query.options)
+    if over is None:
         return
+    tokens, room = over
     what = f"the query is {tokens} tokens, more than the {room} that fit in the context of model {name!r}"
     if rule == "reject":
         raise BadRequest(f"{what}. Please reduce the length of the input prompt.")
