@@ -197,8 +197,9 @@ class _Replica:
         self.shared: SharedHead | None = None
 
     def setup(self) -> None:
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.device.index is not None:
             # The current CUDA device is per thread: the worker's events and copies go to this one.
+            # A bare "cuda" is the current device already.
             torch.cuda.set_device(self.device)
 
     def memory(self) -> float | None:
