@@ -6,6 +6,7 @@
 #   bench/gpu.sh eager | compile [extra options]          # rerankd, with and without shared prefix
 #   bench/gpu.sh vllm-serve [extra options]               # vLLM's own server, same model and load
 #   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
+#   bench/gpu.sh warm-start [extra options]               # two --compile starts, a fresh cache folder
 #
 # Needs the server's wheels in .whl/ (see docs/benchmarks.md, "GPU") or the vLLM kit carried in
 # .carry/ (../shared/gpu-kit: it holds rerankd's wheels too); installs them into /tmp/site and
@@ -74,6 +75,15 @@ case "$what" in
     "$PY" -m bench.summary "$OUT"/rerankd-*.json "$OUT"/vllm-serve.json --json "$OUT/side-by-side.json"
     echo "side-by-side: $(($(date +%s) - started)) s" | tee -a "$OUT/side-by-side.txt"
     ;;
+  warm-start)
+    # The first start compiles into an empty folder, the second reuses what the first saved.
+    cache=$(mktemp -d /tmp/rerankd-compile-XXXXXX)
+    for start in first second; do
+      "$PY" -m bench.compare --servers rerankd --label "rerankd-compile-$start-start" "${SIDE[@]}" \
+        --server-arg="--engine torch --no-cache --compile --compile-cache-dir $cache" \
+        --json "$OUT/rerankd-compile-$start-start.json" "$@"
+    done
+    ;;
   compare)
     "$PY" -m bench.compare --servers naive,executor,rerankd --model "$MODEL" --device cuda --server-arg="--engine torch" \
       --concurrency 10 --documents 20 --doc-tokens 200 --duration 30 --warmup 10 \
@@ -85,7 +95,7 @@ case "$what" in
       --json "$OUT/gpu-e2e.json" --plot "$OUT/gpu-e2e.png" --log-dir "$OUT/logs" "$@"
     ;;
   *)
-    echo "usage: bench/gpu.sh compare|e2e|eager|compile|vllm-serve|side-by-side [options]" >&2
+    echo "usage: bench/gpu.sh compare|e2e|eager|compile|vllm-serve|side-by-side|warm-start [options]" >&2
     exit 2
     ;;
 esac

@@ -153,7 +153,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # -- torch engine: shared prefixes, compile cache (docs/engines.md) ------------------------
     #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
     #: computed once and every row attends to its keys/values; false: every row is run whole.
-    shared_prefix: bool = True
+    #: Unset: on for CPU devices, off for CUDA, as measured (docs/benchmarks.md: on an H200 the
+    #: second pass cannot take the flash-attention kernel and the saving is lost; on CPU it pays).
+    shared_prefix: bool | None = None
     #: Where ``--compile`` keeps its artifacts between starts, one folder per model fingerprint,
     #: torch version, device name, dtype and batch shape; default: ``compile-cache`` beside the
     #: model's folder where writable, else ``~/.cache/rerankd/compile``.

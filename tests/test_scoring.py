@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rerankd.adapters.base import Engine, ScoreResult
-from rerankd.adapters.formats import EncodeOptions
+from rerankd.adapters.base import Engine
+from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import Settings
@@ -35,13 +35,13 @@ class CountingEngine(TorchEngine):
         self.scored: Counter[str] = Counter()
         self.calls = 0
 
-    async def score(
-        self, query: str, documents: Sequence[str], opts: EncodeOptions, *, deadline: float | None = None
-    ) -> ScoreResult:
+    async def encode(self, query: str, documents: Sequence[str], opts: EncodeOptions) -> Encoded:
+        # Every path to the model encodes first: whole requests, and the document-embedding
+        # cache's misses alike.
         if query != "warm-up":
             self.calls += 1
             self.scored.update(documents)
-        return await super().score(query, documents, opts, deadline=deadline)
+        return await super().encode(query, documents, opts)
 
 
 @dataclass

@@ -76,21 +76,22 @@ class TorchEngine(BatchedEngine):
         max_queue: int = 200_000,
         threads: int | None = None,
         compile: bool = False,
-        shared_prefix: bool = True,
+        shared_prefix: bool | None = None,
         compile_cache_dir: str | None = None,
         devices: Sequence[str] = (),
         fault_devices: Sequence[int] = (),
         fault_after_batches: int = 0,
     ) -> None:
         self.compile = compile
-        #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
-        self.shared_prefix = shared_prefix
         self._compile_cache: CompileCache | None = None
         self._prefix_batches = 0
         self._prefix_saved = 0
         labels = expand_devices(devices, torch.cuda.device_count()) if devices else []
         self.device = pick_device(labels[0] if labels else device)
         self.dtype = pick_dtype(dtype, self.device)
+        #: Compute a prefix common to adjacent rows once per batch (LLM formats only); by default
+        #: on CPU only, where it was measured to pay (docs/benchmarks.md).
+        self.shared_prefix = shared_prefix if shared_prefix is not None else self.device.type == "cpu"
         self._threads = threads
         self._pad_id = 0
         if len(labels) > 1:
@@ -174,9 +175,9 @@ class TorchEngine(BatchedEngine):
 
     def stats(self) -> dict[str, float]:
         stats = self.scheduler.snapshot()
-        if any(r.shared is not None for r in self._replicas):
-            stats["prefix_batches"] = self._prefix_batches
-            stats["prefix_saved_tokens"] = self._prefix_saved
+        # Present (0) where no prefix is shared too: one set of families whatever the model.
+        stats["prefix_batches"] = self._prefix_batches
+        stats["prefix_saved_tokens"] = self._prefix_saved
         return stats
 
     # -- scoring -----------------------------------------------------------------------------
@@ -339,7 +340,9 @@ def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
             )
         )
 
-    if engine.shared_prefix:
+    # Checked against the model card for Qwen3-style yes/no rerankers only (the fidelity tests);
+    # the other LLM families run whole rows.
+    if engine.shared_prefix and src.format == "llm-yes-no":
         replica.shared = shared
     return head
 

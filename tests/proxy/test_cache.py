@@ -144,7 +144,8 @@ def test_corrupted_values_are_misses(server_a: RerankdServer, shared_redis: Redi
         admin.set(key, b"\x01garbage")
     bad = rerank(server_a, docs)
     assert hits(bad) == 0
-    assert bad.json()["results"] == good.json()["results"]
+    # Rescored: from the cached document embeddings (float32), so equal within float noise.
+    assert_same_results(bad.json()["results"], good.json()["results"])
     until_hits(server_a, docs, len(docs))  # rescored and rewritten
     admin.close()
 

@@ -72,7 +72,7 @@ def test_ready_turns_false_when_the_engine_fails(monkeypatch: pytest.MonkeyPatch
         def die(ids: list[list[int]], types: list[list[int]] | None) -> Any:
             raise WorkerKilled()
 
-        monkeypatch.setattr(engine.scheduler, "_runner", die)
+        monkeypatch.setattr(engine.scheduler.replicas[0], "runner", die)
         body = {"query": "q", "documents": ["d"]}
         r = httpx.post(srv.url + "/v2/rerank", json=body, timeout=30)
         assert r.status_code == 503, r.text
