@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import math
 import threading
@@ -259,8 +260,11 @@ class Scheduler:
         self._retry: list[list[Item]] = []
         #: Worker threads waiting for work (several replicas only).
         self._idle = 0
-        #: Guards the stats that several replicas' threads update.
-        self._stats_lock = threading.Lock()
+        #: Guards the stats that several replicas' threads update; one replica's single worker
+        #: needs no lock.
+        self._stats_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._multi else contextlib.nullcontext()
+        )
         if self._multi:
             self._threads = [
                 threading.Thread(
@@ -543,10 +547,7 @@ class Scheduler:
         if replica.in_flight == 0:
             replica.busy_since = launched
         replica.in_flight += 1
-        if self._multi:
-            with self._stats_lock:
-                self.stats.running += len(batch)
-        else:
+        with self._stats_lock:
             self.stats.running += len(batch)
         try:
             finish = replica.runner(ids, types)
@@ -599,13 +600,9 @@ class Scheduler:
         for job in rows:
             if not job.launched:
                 job.launched = now
-        if self._multi:
-            with self._stats_lock:
-                for job, n in rows.items():
-                    self.stats.queue_wait.observe(now - job.enqueued, n)
-            return
-        for job, n in rows.items():
-            self.stats.queue_wait.observe(now - job.enqueued, n)
+        with self._stats_lock:
+            for job, n in rows.items():
+                self.stats.queue_wait.observe(now - job.enqueued, n)
 
     def _landed(self, replica: Replica, rows: int) -> None:
         # Busy time is wall time with a batch in flight; overlapping batches count once. With
@@ -615,11 +612,7 @@ class Scheduler:
         if replica.in_flight == 0:
             busy = time.perf_counter() - replica.busy_since
             replica.busy_s += busy
-        if self._multi:
-            with self._stats_lock:
-                self.stats.busy_s += busy
-                self.stats.running -= rows
-        else:
+        with self._stats_lock:
             self.stats.busy_s += busy
             self.stats.running -= rows
 
@@ -627,10 +620,7 @@ class Scheduler:
         real = sum(map(len, ids))
         replica.batches += 1
         replica.real_tokens += real
-        if self._multi:
-            with self._stats_lock:
-                self._record_stats(ids, real, n_jobs, seconds, replica)
-        else:
+        with self._stats_lock:
             self._record_stats(ids, real, n_jobs, seconds, replica)
 
     def _record_stats(

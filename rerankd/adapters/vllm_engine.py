@@ -178,16 +178,9 @@ def cpu_kv_cache_bytes(source: ModelSource, max_model_len: int, options: VLLMOpt
     engine step (``max(max_num_batched_tokens, max_model_len)``; room for the next step's prefill
     and the shared query prefixes), at ``2 (K and V) x layers x KV heads x head size x dtype bytes``
     per token, and at least 64 MiB. The weights are loaded besides, as on any host."""
-    config = json.loads((source.path / "config.json").read_text())
-    text = config.get("text_config") or config  # multimodal configs nest the language model's
-    heads = int(text.get("num_attention_heads") or 1)
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
-    layers = int(text.get("num_hidden_layers") or 1)
     # "auto" may load as float32 on CPU: count 4 bytes, the larger case.
-    dtype_bytes = _DTYPE_BYTES.get(options.dtype, 4)
+    per_token = _kv_bytes_per_token(_text_config(source), _DTYPE_BYTES.get(options.dtype, 4))
     step_tokens = max(options.max_num_batched_tokens or _DEFAULT_BATCHED_TOKENS, max_model_len)
-    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
     return max(MIN_CPU_KV_CACHE_BYTES, 2 * step_tokens * per_token)
 
 
@@ -200,15 +193,26 @@ _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2
 def scoring_kv_cache_bytes(source: ModelSource, options: VLLMOptions, max_length: int) -> int:
     """KV cache bytes for ``SCORING_KV_TOKENS`` tokens (and at least a few full-length sequences):
     2 (keys, values) x layers x KV heads x head size x bytes per value, per token."""
-    config = json.loads((source.path / "config.json").read_text())
-    text = config.get("text_config") or config
-    layers = int(text["num_hidden_layers"])
-    heads = int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or text["hidden_size"] // heads)
+    text = _text_config(source)
     dtype = options.dtype if options.dtype != "auto" else str(text.get("torch_dtype") or text.get("dtype"))
-    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 2)
+    per_token = _kv_bytes_per_token(text, _DTYPE_BYTES.get(dtype, 2))
     return per_token * max(SCORING_KV_TOKENS, 4 * max_length)
+
+
+def _text_config(source: ModelSource) -> dict[str, Any]:
+    """The language model's part of ``config.json`` (multimodal configs nest it)."""
+    config: dict[str, Any] = json.loads((source.path / "config.json").read_text())
+    text: dict[str, Any] = config.get("text_config") or config
+    return text
+
+
+def _kv_bytes_per_token(text: dict[str, Any], value_bytes: int) -> int:
+    """2 (keys, values) x layers x KV heads x head size x bytes per value."""
+    heads = int(text.get("num_attention_heads") or 1)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    head_dim = int(text.get("head_dim") or int(text.get("hidden_size") or 0) // heads)
+    layers = int(text.get("num_hidden_layers") or 1)
+    return 2 * layers * kv_heads * head_dim * value_bytes
 
 
 def _token_prompt() -> Any:
