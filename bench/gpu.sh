@@ -4,6 +4,7 @@
 #   bench/gpu.sh compare [extra bench.compare options]   # seed comparison, Qwen3-0.6B shape
 #   bench/gpu.sh e2e     [extra bench.compare options]   # rerankd alone, 100 x 256-token documents
 #   bench/gpu.sh eager | compile [extra options]          # rerankd, with and without shared prefix
+#                                                         # (PREFIXES=no-shared-prefix: without only)
 #   bench/gpu.sh vllm-serve [extra options]               # vLLM's own server, same model and load
 #   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
 #   bench/gpu.sh warm-start [extra options]               # two --compile starts, a fresh cache folder
@@ -45,7 +46,7 @@ rerankd_pair() {  # $1: eager|compile; then extra bench.compare options
   local mode=$1 flags="--engine torch --no-cache"
   shift
   [ "$mode" = compile ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE"
-  for prefix in shared-prefix no-shared-prefix; do
+  for prefix in ${PREFIXES:-shared-prefix no-shared-prefix}; do
     "$PY" -m bench.compare --servers rerankd --label "rerankd-$mode-$prefix" "${SIDE[@]}" \
       --server-arg="$flags --$prefix" --json "$OUT/rerankd-$mode-$prefix.json" "$@"
   done

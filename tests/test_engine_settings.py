@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rerankd.adapters.factory import pick_engine
-from rerankd.config import load_settings
+from rerankd.adapters.loader import embedded_model, resolve_model
+from rerankd.config import ModelConfig, load_settings
 from rerankd.errors import ConfigError
 
 
@@ -58,6 +59,18 @@ def test_mistakes(flags: dict[str, object], message: str) -> None:
 
 def test_auto_is_torch_without_cuda() -> None:
     assert pick_engine(load_settings({"device": "cpu"}, env={})) == "torch"
+
+
+def test_auto_on_cpu_is_onnx_for_encoders(tiny_qwen3_dir: Path) -> None:
+    """On the CPU the encoder formats go to ONNX Runtime; what only torch has keeps torch."""
+    minilm = resolve_model(embedded_model())
+    qwen3 = resolve_model(ModelConfig(name="tiny", path=str(tiny_qwen3_dir)))
+    for device in ("auto", "cpu"):
+        assert pick_engine(load_settings({"device": device}, env={}), minilm) == "onnx"
+        assert pick_engine(load_settings({"device": device}, env={}), qwen3) == "torch"
+    assert pick_engine(load_settings({"compile": True}, env={}), minilm) == "torch"
+    assert pick_engine(load_settings({"dtype": "bfloat16"}, env={}), minilm) == "torch"
+    assert pick_engine(load_settings({"engine": "torch"}, env={}), minilm) == "torch"
 
 
 def test_remote_without_upstream_exits_2_with_one_line() -> None:

@@ -78,12 +78,19 @@ def test_container_command_serves_and_helm_test_passes(tmp_path: Path) -> None:
         i = args.index(flag)
         del args[i : i + 2]
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
-    assert set(env) == {"HF_HOME", "HOME", "XDG_CACHE_HOME", "RERANKD_COMPILE_CACHE_DIR"}
+    assert set(env) == {
+        "HF_HOME",
+        "HOME",
+        "XDG_CACHE_HOME",
+        "RERANKD_COMPILE_CACHE_DIR",
+        "RERANKD_ONNX_CACHE_DIR",
+    }
     env |= {
         "HOME": str(tmp_path),
         "HF_HOME": str(tmp_path / "models"),
         "XDG_CACHE_HOME": str(tmp_path / "c"),
         "RERANKD_COMPILE_CACHE_DIR": str(tmp_path / "compile-cache"),
+        "RERANKD_ONNX_CACHE_DIR": str(tmp_path / "onnx-cache"),
     }
 
     with rerankd_server(args[1:], env=env) as server:

@@ -73,7 +73,7 @@ def test_metrics_are_open_and_describe_the_server(observed: Observed) -> None:
     samples = scrape(observed.server.url)  # no key: /metrics is open unless metrics_auth is set
     assert value(samples, "rerankd_ready") == 1
     assert value(samples, "rerankd_engine_healthy", model=MODEL) == 1
-    assert value(samples, "rerankd_engine_info", model=MODEL, engine="torch:float32") == 1
+    assert value(samples, "rerankd_engine_info", model=MODEL, engine="onnx:float32") == 1  # the CPU default
     for family in ("rerankd_queue_depth", "rerankd_cache_write_pending"):
         assert any(n == family for n, _ in samples), family
 
