@@ -12,8 +12,8 @@ from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import DeviceStats, Finish, Histogram, Replica, Scheduler
 from rerankd.requester import requested_by
-from rerankd.scheduler import DeviceStats, Finish, Histogram, Replica, Scheduler
 from rerankd.threads import in_daemon_thread
 
 __all__ = ["TOKENIZE_CHUNK", "BatchedEngine", "Engine", "LocalEngine", "ScoreResult"]

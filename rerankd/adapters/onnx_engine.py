@@ -25,8 +25,8 @@ import numpy as np
 from rerankd.adapters.base import BatchedEngine
 from rerankd.adapters.formats import make_format
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import Finish
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish
 
 __all__ = [
     "ONNX_FORMATS",

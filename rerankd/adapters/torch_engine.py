@@ -1,7 +1,7 @@
 """The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler.
 
 With several devices (``devices``) each holds a replica of the model with its own worker thread,
-all fed by the one scheduler (data parallelism; see ``rerankd.scheduler``)."""
+all fed by the one scheduler (data parallelism; see ``rerankd.adapters.scheduler``)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
+from rerankd.adapters.scheduler import Finish, Replica, Runner
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish, Replica, Runner
 from rerankd.threads import in_daemon_thread
 
 __all__ = [

@@ -33,10 +33,10 @@ from rerankd.adapters.formats import (
     make_format,
 )
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
 from rerankd.config import Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 from rerankd.requester import requested_by
-from rerankd.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
 
 __all__ = [
     "SCORING_KV_TOKENS",

@@ -15,9 +15,9 @@ from typing import Any
 from rerankd.adapters.base import LocalEngine
 from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import Finish, Scheduler
 from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure, vllm_cache_tag
 from rerankd.errors import EngineFailure, EngineStartError, EngineUnavailable
-from rerankd.scheduler import Finish, Scheduler
 
 __all__ = ["VLLMSyncEngine"]
 

@@ -29,9 +29,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rerankd.adapters.scheduler import Histogram as StatsHistogram
 from rerankd.errors import RateLimited, RerankdError, Unauthorized
 from rerankd.proxy.auth import METRICS_PATH
-from rerankd.scheduler import Histogram as StatsHistogram
 from rerankd.service import RerankService
 from rerankd.stages import StageTimes
 
