@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from rerankd.adapters.registry import AUTO, engine_names
 from rerankd.errors import ConfigError
 
 __all__ = [
@@ -59,7 +60,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     models: tuple[ModelConfig, ...] = ()
     #: Extra names clients may send, mapped to served model names.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
-    engine: Literal["auto", "torch", "vllm", "vllm-sync", "remote", "onnx"] = "auto"
+    #: ``auto`` or a name of the engine table (``rerankd.adapters.registry``).
+    engine: str = AUTO
     device: Annotated[str, Meta(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: Intra-op threads of the torch engine; default: torch's own choice.
@@ -202,6 +204,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 raise ValueError(f"model_formats names {model!r}, which is not a served model")
         if self.api_keys and self.keys_file:
             raise ValueError("give static keys (api_keys) or a keys file (keys_file), not both")
+        if self.engine not in engine_names():
+            raise ValueError(f"engine {self.engine!r} is not one of: {', '.join(engine_names())}")
         if self.engine == "remote" and not (self.upstreams and self.models):
             raise ValueError(
                 "engine remote needs upstreams (--upstream URL) and models (--model NAME=UPSTREAM_MODEL)"

@@ -22,6 +22,7 @@ from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFo
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.adapters.scheduler import Finish, Replica, Runner
+from rerankd.config import Settings
 from rerankd.errors import ConfigError
 from rerankd.threads import in_daemon_thread
 
@@ -29,6 +30,7 @@ __all__ = [
     "Head",
     "TorchEngine",
     "bi_encoder_head",
+    "build",
     "cross_encoder_head",
     "default_batch_tokens",
     "pick_device",
@@ -412,3 +414,22 @@ _HEADS: dict[str, Callable[[TorchEngine, ModelSource, _Replica], Head]] = {
     "cross-encoder": _cross_head,
     "bi-encoder": _bi_head,
 }
+
+
+def build(source: ModelSource, settings: Settings) -> TorchEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return TorchEngine(
+        source,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_sequences,
+        threads=settings.torch_threads or settings.threads,
+        compile=settings.compile,
+        shared_prefix=settings.shared_prefix,
+        compile_cache_dir=settings.compile_cache_dir,
+        devices=settings.devices,
+        fault_devices=settings.fault_devices,
+        fault_after_batches=settings.fault_after_batches,
+    )

@@ -43,6 +43,7 @@ __all__ = [
     "PoolingPlan",
     "VLLMEngine",
     "VLLMOptions",
+    "build",
     "cpu_kv_cache_bytes",
     "prepare",
     "scoring_kv_cache_bytes",
@@ -482,3 +483,8 @@ class VLLMEngine(LocalEngine):
             final = out
         assert final is not None
         return plan.output(final.outputs.data)
+
+
+def build(source: ModelSource, settings: Settings) -> VLLMEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return VLLMEngine(source, VLLMOptions.from_settings(settings), max_in_flight=settings.max_queue_sequences)

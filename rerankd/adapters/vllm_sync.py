@@ -17,9 +17,10 @@ from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.scheduler import Finish, Scheduler
 from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure, vllm_cache_tag
+from rerankd.config import Settings
 from rerankd.errors import EngineFailure, EngineStartError, EngineUnavailable
 
-__all__ = ["VLLMSyncEngine"]
+__all__ = ["VLLMSyncEngine", "build"]
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,14 @@ def _make_llm(plan: PoolingPlan) -> Any:
     from vllm import LLM
 
     return LLM(**plan.engine_kwargs)
+
+
+def build(source: ModelSource, settings: Settings) -> VLLMSyncEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return VLLMSyncEngine(
+        source,
+        VLLMOptions.from_settings(settings),
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_sequences,
+    )
