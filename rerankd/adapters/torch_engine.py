@@ -6,6 +6,7 @@ all fed by the one scheduler (data parallelism; see ``rerankd.adapters.scheduler
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rerankd.adapters.base import BatchedEngine
+from rerankd.adapters.base import BatchedEngine, EngineStats
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
@@ -181,6 +182,12 @@ class TorchEngine(BatchedEngine):
         stats["prefix_batches"] = self._prefix_batches
         stats["prefix_saved_tokens"] = self._prefix_saved
         return stats
+
+    def snapshot(self) -> EngineStats:
+        # Present (0) where no prefix is shared too, as in stats().
+        return dataclasses.replace(
+            super().snapshot(), prefix_batches=self._prefix_batches, prefix_saved_tokens=self._prefix_saved
+        )
 
     # -- scoring -----------------------------------------------------------------------------
 

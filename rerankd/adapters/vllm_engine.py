@@ -19,11 +19,11 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.base import EngineStats, LocalEngine
 from rerankd.adapters.formats import (
     Encoded,
     EncodeOptions,
@@ -407,9 +407,21 @@ class VLLMEngine(LocalEngine):
             "prefix_cache_hits": v.prefix_hits,
         }
 
-    def histograms(self) -> Mapping[str, Histogram]:
+    def snapshot(self) -> EngineStats:
         v = self.vllm_stats
-        return {"batch_size": v.batch_sizes, "batch_tokens": v.batch_tokens, "queue_wait": v.queue_wait}
+        return EngineStats(
+            batches=v.batches,
+            sequences=self._sequences,
+            real_tokens=v.computed_tokens,
+            queue_depth=v.waiting,
+            running=v.running,
+            kv_cache_usage=v.kv_cache_usage,
+            prefix_cache_queries=v.prefix_queries,
+            prefix_cache_hits=v.prefix_hits,
+            batch_size=v.batch_sizes,
+            batch_tokens=v.batch_tokens,
+            queue_wait=v.queue_wait,
+        )
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.base import EngineStats, LocalEngine, scheduler_stats
 from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.scheduler import Finish, Scheduler
@@ -80,6 +80,9 @@ class VLLMSyncEngine(LocalEngine):
 
     def stats(self) -> dict[str, float]:
         return self.scheduler.snapshot()
+
+    def snapshot(self) -> EngineStats:
+        return scheduler_stats(self.scheduler)
 
     async def close(self) -> None:
         await self.scheduler.close()
