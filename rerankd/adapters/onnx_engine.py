@@ -27,7 +27,7 @@ from rerankd.adapters.formats import make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.registry import ENGINES
 from rerankd.adapters.scheduler import Finish
-from rerankd.config import Settings
+from rerankd.config import BATCH_TOKENS_CPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError
 
 __all__ = [
@@ -185,8 +185,8 @@ class OnnxEngine(BatchedEngine):
         cache_dir: Path | None = None,
         threads: int | None = None,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
     ) -> None:
         if source.format not in ONNX_FORMATS:
             raise ConfigError(
@@ -196,7 +196,7 @@ class OnnxEngine(BatchedEngine):
         super().__init__(
             source,
             # As the torch engine on CPU: past ~1k padded tokens a batch gains nothing, only delay.
-            max_batch_tokens=max_batch_tokens or 1_024,
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS_CPU,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             overlap=False,  # a session run returns when its outputs are there

@@ -23,7 +23,7 @@ from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFo
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.adapters.scheduler import Finish, Replica, Runner
-from rerankd.config import Settings
+from rerankd.config import BATCH_TOKENS_CPU, BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError
 from rerankd.threads import in_daemon_thread
 
@@ -55,10 +55,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def default_batch_tokens(device: torch.device) -> int:
-    """Padded tokens per forward pass when not set. A GPU needs large batches to be busy; on a CPU
-    throughput hardly grows past a few thousand tokens while every batch is time that a request
-    arriving meanwhile waits, so batches there are kept short."""
-    return 16_384 if device.type == "cuda" else 1_024
+    """Padded tokens per forward pass when not set (the figures and why: ``rerankd.config``)."""
+    return BATCH_TOKENS_GPU if device.type == "cuda" else BATCH_TOKENS_CPU
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -75,8 +73,8 @@ class TorchEngine(BatchedEngine):
         device: str = "auto",
         dtype: str = "auto",
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
         threads: int | None = None,
         compile: bool = False,
         shared_prefix: bool | None = None,

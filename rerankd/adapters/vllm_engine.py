@@ -34,7 +34,7 @@ from rerankd.adapters.formats import (
 )
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
-from rerankd.config import Settings
+from rerankd.config import MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 from rerankd.requester import requested_by
 
@@ -354,7 +354,9 @@ def _async_llm(kwargs: dict[str, Any], stats: VLLMStats) -> Any:
 class VLLMEngine(LocalEngine):
     """``AsyncLLM``: every sequence is one vLLM request, awaited on the event loop, never blocking it."""
 
-    def __init__(self, source: ModelSource, options: VLLMOptions, *, max_in_flight: int = 200_000) -> None:
+    def __init__(
+        self, source: ModelSource, options: VLLMOptions, *, max_in_flight: int = MAX_QUEUE_SEQUENCES
+    ) -> None:
         super().__init__(source)
         self.options = options
         self._max_in_flight = max_in_flight

@@ -17,7 +17,7 @@ from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.scheduler import Finish, Scheduler
 from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure, vllm_cache_tag
-from rerankd.config import Settings
+from rerankd.config import BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import EngineFailure, EngineStartError, EngineUnavailable
 
 __all__ = ["VLLMSyncEngine", "build"]
@@ -38,8 +38,8 @@ class VLLMSyncEngine(LocalEngine):
         options: VLLMOptions,
         *,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
     ) -> None:
         super().__init__(source)
         self.options = options
@@ -49,7 +49,7 @@ class VLLMSyncEngine(LocalEngine):
         self._cache_tag = "vllm"
         self.scheduler = Scheduler(
             self._run_batch,
-            max_batch_tokens=max_batch_tokens or 16_384,
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS_GPU,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             name=f"vllm-{source.name}",
