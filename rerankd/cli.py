@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rerankd import __version__
+from rerankd.adapters.registry import ENGINES, engine_names
 from rerankd.auth import cli as keys_cli
 from rerankd.config import Settings, load_settings, parse_model_spec, split_csv
 from rerankd.errors import ConfigError
@@ -38,8 +39,9 @@ def _serve_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["auto", "torch", "vllm", "vllm-sync", "remote", "onnx"],
-        help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch)",
+        choices=engine_names(),
+        help="scoring engine (default auto: vllm where it is installed and CUDA is there, else torch): "
+        + "; ".join(f"{s.name}: {s.description}" for s in ENGINES.values()),
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(

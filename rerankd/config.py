@@ -15,10 +15,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from rerankd.adapters.registry import AUTO, engine_names
 from rerankd.errors import ConfigError
 
 __all__ = [
+    "BATCH_TOKENS_CPU",
+    "BATCH_TOKENS_GPU",
     "ENV_PREFIX",
+    "MAX_BATCH_SIZE",
+    "MAX_QUEUE_SEQUENCES",
     "ModelConfig",
     "Settings",
     "load_settings",
@@ -31,6 +36,15 @@ ENV_PREFIX = "RERANKD_"
 Format = Literal[
     "auto", "llm-yes-no", "cross-encoder", "bi-encoder", "mxbai-rerank-v2", "bge-reranker-v2-gemma"
 ]
+#: Batching defaults, here once for the settings and for engines built without them (tests, bench).
+MAX_BATCH_SIZE = 256
+MAX_QUEUE_SEQUENCES = 100_000
+#: Padded tokens per forward pass when ``max_batch_tokens`` is unset. A GPU needs large batches to
+#: be busy; on a CPU throughput hardly grows past a few thousand tokens while every batch is time
+#: that a request arriving meanwhile waits, so batches there are kept short.
+BATCH_TOKENS_GPU = 16_384
+BATCH_TOKENS_CPU = 1_024
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 
@@ -59,7 +73,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     models: tuple[ModelConfig, ...] = ()
     #: Extra names clients may send, mapped to served model names.
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
-    engine: Literal["auto", "torch", "vllm", "vllm-sync", "remote", "onnx"] = "auto"
+    #: ``auto`` or a name of the engine table (``rerankd.adapters.registry``).
+    engine: str = AUTO
     device: Annotated[str, Meta(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: Intra-op threads of the torch engine; default: torch's own choice.
@@ -68,14 +83,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     compile: bool = False
     max_documents: PositiveInt = 10_000
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
-    #: Padded tokens per forward pass (batch rows x longest row).
-    #: Padded tokens per forward pass; default: 16384 on GPU, 1024 on CPU (torch engine).
+    #: Padded tokens per forward pass (batch rows x longest row); default: BATCH_TOKENS_GPU on
+    #: GPU, BATCH_TOKENS_CPU on CPU.
     max_batch_tokens: PositiveInt | None = None
-    max_batch_size: PositiveInt = 256
+    max_batch_size: PositiveInt = MAX_BATCH_SIZE
     #: Sequences waiting to be scored across all requests; beyond it requests get 503. A bound on
     #: memory: before it is reached, requests that could not finish within request_timeout_s at the
     #: measured rate are refused (503 + Retry-After) as they arrive.
-    max_queue_sequences: PositiveInt = 100_000
+    max_queue_sequences: PositiveInt = MAX_QUEUE_SEQUENCES
     #: Seconds one request may take in all (tokenizing, queueing, scoring); then it answers 503.
     request_timeout_s: PositiveFloat = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -202,6 +217,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 raise ValueError(f"model_formats names {model!r}, which is not a served model")
         if self.api_keys and self.keys_file:
             raise ValueError("give static keys (api_keys) or a keys file (keys_file), not both")
+        if self.engine not in engine_names():
+            raise ValueError(f"engine {self.engine!r} is not one of: {', '.join(engine_names())}")
         if self.engine == "remote" and not (self.upstreams and self.models):
             raise ValueError(
                 "engine remote needs upstreams (--upstream URL) and models (--model NAME=UPSTREAM_MODEL)"

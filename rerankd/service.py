@@ -64,7 +64,7 @@ class RerankQuery:
     model: str | None = None
     top_n: int | None = None
     options: EncodeOptions = field(default_factory=EncodeOptions)
-    #: Cohere's ``priority``: 0 (the default) is served first, 999 last; see rerankd.scheduler.
+    #: Cohere's ``priority``: 0 (the default) is served first, 999 last; see rerankd.adapters.scheduler.
     priority: int = 0
 
 

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from rerankd.adapters.scheduler import Finish, Replica, Runner, Scheduler
 from rerankd.errors import EngineUnavailable
-from rerankd.scheduler import Finish, Replica, Runner, Scheduler
 
 
 def _runner(device: str, seen: dict[str, int], *, fail_after: int | None = None) -> Runner:

@@ -5,18 +5,28 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from rerankd.adapters.formats import Encoded, EncodeOptions, ModelFormat
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import DeviceStats, Finish, Histogram, Replica, Scheduler
 from rerankd.requester import requested_by
-from rerankd.scheduler import DeviceStats, Finish, Histogram, Replica, Scheduler
 from rerankd.threads import in_daemon_thread
 
-__all__ = ["TOKENIZE_CHUNK", "BatchedEngine", "Engine", "LocalEngine", "ScoreResult"]
+__all__ = [
+    "TOKENIZE_CHUNK",
+    "BatchedEngine",
+    "DeviceStats",
+    "Engine",
+    "EngineStats",
+    "Histogram",
+    "LocalEngine",
+    "ScoreResult",
+    "scheduler_stats",
+]
 
 #: Documents per tokenization task.
 TOKENIZE_CHUNK = 64
@@ -33,6 +43,61 @@ class ScoreResult:
     #: Empty when an engine cannot tell; the query's own sequences are in ``n_tokens`` only.
     doc_tokens: Sequence[int] = ()
     doc_chunks: Sequence[int] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """What an engine has counted, as a metrics scrape reads it (docs/observability.md). None:
+    the engine does not measure it, and its series is left out for that model. The KV- and
+    prefix-cache figures only vLLM has are 0 elsewhere, so that every engine serves those names."""
+
+    batches: float | None = None
+    #: Forward passes that carried rows of more than one request.
+    mixed_batches: float | None = None
+    sequences: float | None = None
+    busy_seconds: float | None = None
+    #: Requests refused as they arrived: they could not finish in time.
+    refused: float | None = None
+    #: The torch engine's shared-prefix passes and the tokens they did not compute.
+    prefix_batches: float | None = None
+    prefix_saved_tokens: float | None = None
+    real_tokens: float | None = None
+    padded_tokens: float | None = None
+    #: Sequences waiting to be batched, and in the forward passes running now.
+    queue_depth: float | None = None
+    running: float | None = None
+    kv_cache_usage: float = 0.0
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hits: float = 0.0
+    #: Sequences and real tokens per forward pass; per sequence, its wait before its batch.
+    batch_size: Histogram | None = None
+    batch_tokens: Histogram | None = None
+    queue_wait: Histogram | None = None
+    #: Per device replica; empty where the engine has none.
+    devices: Sequence[DeviceStats] = ()
+
+
+def scheduler_stats(scheduler: Scheduler, devices: Sequence[DeviceStats] = ()) -> EngineStats:
+    """The stats of an engine that batches through the scheduler."""
+    s = scheduler.stats
+    return EngineStats(
+        batches=s.batches,
+        mixed_batches=s.mixed_batches,
+        sequences=s.sequences,
+        busy_seconds=s.busy_s,
+        refused=s.refused,
+        # Every batching engine serves the shared-prefix counters: 0 where prefixes are not shared.
+        prefix_batches=0.0,
+        prefix_saved_tokens=0.0,
+        real_tokens=s.real_tokens,
+        padded_tokens=s.padded_tokens,
+        queue_depth=scheduler.queue_depth,
+        running=s.running,
+        batch_size=s.batch_sizes,
+        batch_tokens=s.batch_tokens,
+        queue_wait=s.queue_wait,
+        devices=devices,
+    )
 
 
 class Engine(ABC):
@@ -57,20 +122,16 @@ class Engine(ABC):
     async def close(self) -> None: ...
 
     def stats(self) -> dict[str, float]:
+        """The engine's own counters by name, for tests and benchmarks; metrics read :meth:`snapshot`."""
         return {}
+
+    def snapshot(self) -> EngineStats:
+        """What the engine has counted, read at scrape time."""
+        return EngineStats(devices=self.devices())
 
     def devices(self) -> Sequence[DeviceStats]:
         """Per device replica: counters and whether it serves; empty where the engine has none."""
         return ()
-
-    def histograms(self) -> Mapping[str, Histogram]:
-        """``batch_size``, ``batch_tokens``, ``queue_wait`` (see docs/observability.md), where the
-        engine measures them."""
-        scheduler = getattr(self, "scheduler", None)
-        if not isinstance(scheduler, Scheduler):
-            return {}
-        s = scheduler.stats
-        return {"batch_size": s.batch_sizes, "batch_tokens": s.batch_tokens, "queue_wait": s.queue_wait}
 
     @property
     def cache_tag(self) -> str:
@@ -184,6 +245,9 @@ class BatchedEngine(LocalEngine):
 
     def stats(self) -> dict[str, float]:
         return self.scheduler.snapshot()
+
+    def snapshot(self) -> EngineStats:
+        return scheduler_stats(self.scheduler, self.devices())
 
     def devices(self) -> Sequence[DeviceStats]:
         return self.scheduler.devices()

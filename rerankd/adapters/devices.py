@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rerankd.errors import ConfigError
 
-__all__ = ["expand_devices"]
+__all__ = ["check_device", "check_devices", "expand_devices"]
 
 
 def expand_devices(spec: Sequence[str], cuda_count: int) -> list[str]:
@@ -37,3 +37,37 @@ def expand_devices(spec: Sequence[str], cuda_count: int) -> list[str]:
         if kind == "cuda" and int(index) >= cuda_count:
             raise ConfigError(f"device {label!r} asked for, but torch sees {cuda_count} CUDA device(s)")
     return labels
+
+
+def check_devices(devices: Sequence[str]) -> None:
+    """``devices`` must name devices this host has: ``cuda:5`` on a 2-GPU node fails before binding."""
+    cuda = any(d == "all" or d.startswith("cuda") for d in devices)
+    count = 0
+    if cuda:
+        import torch  # only for accelerators: the check costs torch's import (seconds)
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    expand_devices(devices, count)
+
+
+def check_device(device: str) -> None:
+    """A device named outright (not ``auto`` or ``cpu``) must be there."""
+    if device in ("auto", "cpu"):
+        return
+    import torch  # only for an explicit accelerator: the check costs torch's import (seconds)
+
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device mps asked for, but torch sees no Apple GPU (MPS); use --device cpu")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"device {device} asked for, but torch sees no CUDA device "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise ConfigError(
+            f"device {device} asked for, but torch sees {count} CUDA device(s): cuda:0..{count - 1}"
+        )

@@ -25,14 +25,17 @@ import numpy as np
 from rerankd.adapters.base import BatchedEngine
 from rerankd.adapters.formats import make_format
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.registry import ENGINES
+from rerankd.adapters.scheduler import Finish
+from rerankd.config import BATCH_TOKENS_CPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish
 
 __all__ = [
     "ONNX_FORMATS",
     "OPSET",
     "OnnxEngine",
     "Quantize",
+    "build",
     "default_cache_dir",
     "default_threads",
     "export_path",
@@ -42,8 +45,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Quantize = Literal["none", "int8"]
-#: Formats this engine runs; the LLM yes/no format stays with torch and vLLM.
-ONNX_FORMATS = ("cross-encoder", "bi-encoder")
+#: Formats this engine runs (its row of the engine table); the LLM formats stay with torch and vLLM.
+ONNX_FORMATS = ENGINES["onnx"].formats
 OPSET = 17
 #: Bump when the exported graph changes (inputs, head, export options): old exports are then ignored.
 _EXPORT_VERSION = "1"
@@ -182,8 +185,8 @@ class OnnxEngine(BatchedEngine):
         cache_dir: Path | None = None,
         threads: int | None = None,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
     ) -> None:
         if source.format not in ONNX_FORMATS:
             raise ConfigError(
@@ -193,7 +196,7 @@ class OnnxEngine(BatchedEngine):
         super().__init__(
             source,
             # As the torch engine on CPU: past ~1k padded tokens a batch gains nothing, only delay.
-            max_batch_tokens=max_batch_tokens or 1_024,
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS_CPU,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             overlap=False,  # a session run returns when its outputs are there
@@ -256,3 +259,16 @@ class OnnxEngine(BatchedEngine):
         out = session.run(["output"], feed)[0]
         rows: Sequence[Any] = list(out) if out.ndim == 2 else out.tolist()
         return lambda: rows
+
+
+def build(source: ModelSource, settings: Settings) -> OnnxEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return OnnxEngine(
+        source,
+        quantize=settings.quantize,
+        cache_dir=Path(settings.onnx_cache_dir).expanduser() if settings.onnx_cache_dir else None,
+        threads=settings.threads,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_sequences,
+    )

@@ -26,7 +26,7 @@ from rerankd.breaker import Breaker
 from rerankd.config import Settings
 from rerankd.errors import EngineFailure, EngineUnavailable, Timeout
 
-__all__ = ["UPSTREAM_APIS", "RemoteEngine", "UpstreamApi"]
+__all__ = ["UPSTREAM_APIS", "RemoteEngine", "UpstreamApi", "build"]
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +251,8 @@ class RemoteEngine(Engine):
         except (msgspec.DecodeError, ValueError) as exc:
             log.error("upstream %s answered an unreadable body (%s): %s", upstream, exc, resp.text[:500])
             raise EngineFailure() from exc
+
+
+def build(source: ModelSource, settings: Settings) -> RemoteEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return RemoteEngine(source, settings)

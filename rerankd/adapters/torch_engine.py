@@ -1,11 +1,12 @@
 """The transformers/torch engine: CPU or CUDA, one worker thread fed by the scheduler.
 
 With several devices (``devices``) each holds a replica of the model with its own worker thread,
-all fed by the one scheduler (data parallelism; see ``rerankd.scheduler``)."""
+all fed by the one scheduler (data parallelism; see ``rerankd.adapters.scheduler``)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -15,20 +16,22 @@ from typing import Any
 
 import torch
 
-from rerankd.adapters.base import BatchedEngine
+from rerankd.adapters.base import BatchedEngine, EngineStats
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
+from rerankd.adapters.scheduler import Finish, Replica, Runner
+from rerankd.config import BATCH_TOKENS_CPU, BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError
-from rerankd.scheduler import Finish, Replica, Runner
 from rerankd.threads import in_daemon_thread
 
 __all__ = [
     "Head",
     "TorchEngine",
     "bi_encoder_head",
+    "build",
     "cross_encoder_head",
     "default_batch_tokens",
     "pick_device",
@@ -52,10 +55,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def default_batch_tokens(device: torch.device) -> int:
-    """Padded tokens per forward pass when not set. A GPU needs large batches to be busy; on a CPU
-    throughput hardly grows past a few thousand tokens while every batch is time that a request
-    arriving meanwhile waits, so batches there are kept short."""
-    return 16_384 if device.type == "cuda" else 1_024
+    """Padded tokens per forward pass when not set (the figures and why: ``rerankd.config``)."""
+    return BATCH_TOKENS_GPU if device.type == "cuda" else BATCH_TOKENS_CPU
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -72,8 +73,8 @@ class TorchEngine(BatchedEngine):
         device: str = "auto",
         dtype: str = "auto",
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
         threads: int | None = None,
         compile: bool = False,
         shared_prefix: bool | None = None,
@@ -179,6 +180,12 @@ class TorchEngine(BatchedEngine):
         stats["prefix_batches"] = self._prefix_batches
         stats["prefix_saved_tokens"] = self._prefix_saved
         return stats
+
+    def snapshot(self) -> EngineStats:
+        # Present (0) where no prefix is shared too, as in stats().
+        return dataclasses.replace(
+            super().snapshot(), prefix_batches=self._prefix_batches, prefix_saved_tokens=self._prefix_saved
+        )
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -412,3 +419,22 @@ _HEADS: dict[str, Callable[[TorchEngine, ModelSource, _Replica], Head]] = {
     "cross-encoder": _cross_head,
     "bi-encoder": _bi_head,
 }
+
+
+def build(source: ModelSource, settings: Settings) -> TorchEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return TorchEngine(
+        source,
+        device=settings.device,
+        dtype=settings.dtype,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_sequences,
+        threads=settings.torch_threads or settings.threads,
+        compile=settings.compile,
+        shared_prefix=settings.shared_prefix,
+        compile_cache_dir=settings.compile_cache_dir,
+        devices=settings.devices,
+        fault_devices=settings.fault_devices,
+        fault_after_batches=settings.fault_after_batches,
+    )

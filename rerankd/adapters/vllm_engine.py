@@ -19,11 +19,11 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.base import EngineStats, LocalEngine
 from rerankd.adapters.formats import (
     Encoded,
     EncodeOptions,
@@ -33,16 +33,17 @@ from rerankd.adapters.formats import (
     make_format,
 )
 from rerankd.adapters.loader import ModelSource
-from rerankd.config import Settings
+from rerankd.adapters.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
+from rerankd.config import MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 from rerankd.requester import requested_by
-from rerankd.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
 
 __all__ = [
     "SCORING_KV_TOKENS",
     "PoolingPlan",
     "VLLMEngine",
     "VLLMOptions",
+    "build",
     "cpu_kv_cache_bytes",
     "prepare",
     "scoring_kv_cache_bytes",
@@ -353,7 +354,9 @@ def _async_llm(kwargs: dict[str, Any], stats: VLLMStats) -> Any:
 class VLLMEngine(LocalEngine):
     """``AsyncLLM``: every sequence is one vLLM request, awaited on the event loop, never blocking it."""
 
-    def __init__(self, source: ModelSource, options: VLLMOptions, *, max_in_flight: int = 200_000) -> None:
+    def __init__(
+        self, source: ModelSource, options: VLLMOptions, *, max_in_flight: int = MAX_QUEUE_SEQUENCES
+    ) -> None:
         super().__init__(source)
         self.options = options
         self._max_in_flight = max_in_flight
@@ -406,9 +409,21 @@ class VLLMEngine(LocalEngine):
             "prefix_cache_hits": v.prefix_hits,
         }
 
-    def histograms(self) -> Mapping[str, Histogram]:
+    def snapshot(self) -> EngineStats:
         v = self.vllm_stats
-        return {"batch_size": v.batch_sizes, "batch_tokens": v.batch_tokens, "queue_wait": v.queue_wait}
+        return EngineStats(
+            batches=v.batches,
+            sequences=self._sequences,
+            real_tokens=v.computed_tokens,
+            queue_depth=v.waiting,
+            running=v.running,
+            kv_cache_usage=v.kv_cache_usage,
+            prefix_cache_queries=v.prefix_queries,
+            prefix_cache_hits=v.prefix_hits,
+            batch_size=v.batch_sizes,
+            batch_tokens=v.batch_tokens,
+            queue_wait=v.queue_wait,
+        )
 
     async def close(self) -> None:
         llm, self._llm = self._llm, None
@@ -482,3 +497,8 @@ class VLLMEngine(LocalEngine):
             final = out
         assert final is not None
         return plan.output(final.outputs.data)
+
+
+def build(source: ModelSource, settings: Settings) -> VLLMEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return VLLMEngine(source, VLLMOptions.from_settings(settings), max_in_flight=settings.max_queue_sequences)

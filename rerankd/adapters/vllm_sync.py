@@ -12,14 +12,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from rerankd.adapters.base import LocalEngine
+from rerankd.adapters.base import EngineStats, LocalEngine, scheduler_stats
 from rerankd.adapters.formats import Encoded, EncodeOptions
 from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.scheduler import Finish, Scheduler
 from rerankd.adapters.vllm_engine import PoolingPlan, VLLMOptions, prepare, start_failure, vllm_cache_tag
+from rerankd.config import BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import EngineFailure, EngineStartError, EngineUnavailable
-from rerankd.scheduler import Finish, Scheduler
 
-__all__ = ["VLLMSyncEngine"]
+__all__ = ["VLLMSyncEngine", "build"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ class VLLMSyncEngine(LocalEngine):
         options: VLLMOptions,
         *,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = 256,
-        max_queue: int = 200_000,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        max_queue: int = MAX_QUEUE_SEQUENCES,
     ) -> None:
         super().__init__(source)
         self.options = options
@@ -48,7 +49,7 @@ class VLLMSyncEngine(LocalEngine):
         self._cache_tag = "vllm"
         self.scheduler = Scheduler(
             self._run_batch,
-            max_batch_tokens=max_batch_tokens or 16_384,
+            max_batch_tokens=max_batch_tokens or BATCH_TOKENS_GPU,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
             name=f"vllm-{source.name}",
@@ -79,6 +80,9 @@ class VLLMSyncEngine(LocalEngine):
 
     def stats(self) -> dict[str, float]:
         return self.scheduler.snapshot()
+
+    def snapshot(self) -> EngineStats:
+        return scheduler_stats(self.scheduler)
 
     async def close(self) -> None:
         await self.scheduler.close()
@@ -115,3 +119,14 @@ def _make_llm(plan: PoolingPlan) -> Any:
     from vllm import LLM
 
     return LLM(**plan.engine_kwargs)
+
+
+def build(source: ModelSource, settings: Settings) -> VLLMSyncEngine:
+    """The engine table's entry point (``rerankd.adapters.registry``)."""
+    return VLLMSyncEngine(
+        source,
+        VLLMOptions.from_settings(settings),
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_sequences,
+    )

@@ -29,9 +29,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rerankd.adapters.base import EngineStats
+from rerankd.adapters.base import Histogram as StatsHistogram
 from rerankd.errors import RateLimited, RerankdError, Unauthorized
 from rerankd.proxy.auth import METRICS_PATH
-from rerankd.scheduler import Histogram as StatsHistogram
 from rerankd.service import RerankService
 from rerankd.stages import StageTimes
 
@@ -178,8 +179,10 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._lifecycle()
-        yield from self._engines()
-        yield from self._devices()
+        # One snapshot per engine and scrape: the engines' and devices' families read the same one.
+        snapshots = {name: engine.snapshot() for name, engine in list(self.service.engines.items())}
+        yield from self._engines(snapshots)
+        yield from self._devices(snapshots)
         yield from self._cache()
 
     def _lifecycle(self) -> Iterator[Metric]:
@@ -198,7 +201,7 @@ class ServiceCollector(Collector):
         yield healthy
         yield info
 
-    def _engines(self) -> Iterator[Metric]:
+    def _engines(self, snapshots: Mapping[str, EngineStats]) -> Iterator[Metric]:
         families = {
             key: CounterMetricFamily(name, doc, labels=["model"])
             for key, (name, doc) in _ENGINE_COUNTERS.items()
@@ -237,30 +240,32 @@ class ServiceCollector(Collector):
             "Time a sequence waits before its batch is launched",
             labels=["model"],
         )
-        for name, engine in list(self.service.engines.items()):
-            stats = engine.stats()
+        for name, stats in snapshots.items():
             for key, family in families.items():
-                if key in stats:
-                    family.add_metric([name], stats[key])
-            for kind in ("real", "padded"):
-                if f"{kind}_tokens" in stats:
-                    tokens.add_metric([name, kind], stats[f"{kind}_tokens"])
-            if "queue_depth" in stats:
-                depth.add_metric([name], stats["queue_depth"])
-            if "running" in stats:
-                running.add_metric([name], stats["running"])
+                if (value := _stat(stats, key)) is not None:
+                    family.add_metric([name], value)
+            for kind, count in (("real", stats.real_tokens), ("padded", stats.padded_tokens)):
+                if count is not None:
+                    tokens.add_metric([name, kind], count)
+            if stats.queue_depth is not None:
+                depth.add_metric([name], stats.queue_depth)
+            if stats.running is not None:
+                running.add_metric([name], stats.running)
             for key, only in vllm_only.items():
                 # 0 for engines with neither cache, so that every engine serves the same names.
-                only.add_metric([name], stats.get(key, 0.0))
-            histograms = engine.histograms()
-            for key, h in (("batch_size", sizes), ("batch_tokens", batch_tokens), ("queue_wait", waits)):
-                if key in histograms:
-                    h.add_metric([name], *_buckets(histograms[key]))
+                only.add_metric([name], _stat(stats, key) or 0.0)
+            for h, histogram in (
+                (stats.batch_size, sizes),
+                (stats.batch_tokens, batch_tokens),
+                (stats.queue_wait, waits),
+            ):
+                if h is not None:
+                    histogram.add_metric([name], *_buckets(h))
         yield from families.values()
         yield from (tokens, depth, running, sizes, batch_tokens, waits)
         yield from vllm_only.values()
 
-    def _devices(self) -> Iterator[Metric]:
+    def _devices(self, snapshots: Mapping[str, EngineStats]) -> Iterator[Metric]:
         """Per device replica of each model (the torch engine; several with ``devices``)."""
         labels = ["model", "device"]
         up = GaugeMetricFamily("rerankd_device_up", "1 while the device's replica serves", labels=labels)
@@ -278,8 +283,8 @@ class ServiceCollector(Collector):
             "Device memory the replica's tensors hold (CUDA only)",
             labels=labels,
         )
-        for name, engine in list(self.service.engines.items()):
-            for d in engine.devices():
+        for name, stats in snapshots.items():
+            for d in stats.devices:
                 key = [name, d.device]
                 up.add_metric(key, float(d.up))
                 batches.add_metric(key, d.batches)
@@ -343,6 +348,12 @@ _CACHE_ERRORS: Mapping[str, str] = {
     "corrupt": "corrupt",
     "write_dropped": "write_dropped",
 }
+
+
+def _stat(stats: EngineStats, key: str) -> float | None:
+    """One of the engine's counters by its field name (the keys of the tables above)."""
+    value: float | None = getattr(stats, key)
+    return value
 
 
 def _buckets(h: StatsHistogram) -> tuple[Sequence[tuple[str, float]], float]:

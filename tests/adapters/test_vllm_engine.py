@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from rerankd.adapters.base import Histogram
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import ModelSource, resolve_model
 from rerankd.adapters.vllm_engine import (
@@ -140,11 +141,19 @@ async def test_token_prompts_and_a_kv_cache_sized_for_scoring(engine: VLLMEngine
     assert "kv_cache_memory_bytes" not in PoolingPlan(engine.source, engine.format, shared).engine_kwargs
 
 
+def _histograms(engine: VLLMEngine) -> dict[str, Histogram]:
+    s = engine.snapshot()
+    assert s.batch_size is not None
+    assert s.batch_tokens is not None
+    assert s.queue_wait is not None
+    return {"batch_size": s.batch_size, "batch_tokens": s.batch_tokens, "queue_wait": s.queue_wait}
+
+
 async def test_vllm_reports_its_engine_figures_and_the_request_stages(
     engine: VLLMEngine, tiny_qwen3_dir: Path
 ) -> None:
-    before, counts_before = engine.stats(), {k: list(h.counts) for k, h in engine.histograms().items()}
-    tokens_before = engine.histograms()["batch_tokens"].total
+    before, counts_before = engine.stats(), {k: list(h.counts) for k, h in _histograms(engine).items()}
+    tokens_before = _histograms(engine)["batch_tokens"].total
     stages = StageTimes()
     token = requested_by.set(Requester(stages=stages))
     started = time.monotonic()
@@ -167,7 +176,7 @@ async def test_vllm_reports_its_engine_figures_and_the_request_stages(
     hits = after["prefix_cache_hits"] - before["prefix_cache_hits"]
     assert computed == n_tokens - hits
     assert 0 <= after["kv_cache_usage"] <= 1
-    histograms = engine.histograms()
+    histograms = _histograms(engine)
     # One queue wait per sequence; every prompt token in one step's batch tokens.
     waits = sum(histograms["queue_wait"].counts) - sum(counts_before["queue_wait"])
     assert waits == len(DOCS)
