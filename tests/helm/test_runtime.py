@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import yaml
 
+from rerankd.adapters.registry import engine_names
 from rerankd.config import Settings, load_settings
 from tests.helm.chart import CI_VALUES, Rendered, container, render
 from tests.servers import rerankd_server
@@ -26,11 +26,8 @@ PENDING_ENGINES: set[str] = set()
 
 
 def _engines() -> tuple[Any, ...]:
-    info = msgspec.inspect.type_info(Settings)
-    assert isinstance(info, msgspec.inspect.StructType)
-    (field,) = [f for f in info.fields if f.name == "engine"]
-    assert isinstance(field.type, msgspec.inspect.LiteralType)
-    return field.type.values
+    """The engine names this rerankd knows: its engine table, and ``auto``."""
+    return tuple(engine_names())
 
 
 def rendered_config(rendered: Rendered) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rerankd.adapters.base import BatchedEngine
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import Settings
@@ -67,7 +68,7 @@ class WorkerKilled(BaseException):
 def test_ready_turns_false_when_the_engine_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     with inprocess_server(Settings(cache=False)) as srv:
         engine = srv.service.engines[MODEL]
-        assert isinstance(engine, TorchEngine)
+        assert isinstance(engine, BatchedEngine)  # onnx on the CPU, torch elsewhere
 
         def die(ids: list[list[int]], types: list[list[int]] | None) -> Any:
             raise WorkerKilled()
