@@ -52,14 +52,12 @@ def _accelerator() -> bool:
 def _onnx_fits(source: ModelSource, settings: Settings) -> bool:
     """Options only the torch engine has (compile, half precision) keep it; so does a missing
     onnxruntime."""
-    from rerankd.adapters.onnx_engine import ONNX_FORMATS
-
+    onnx = engine_spec("onnx")
     return (
-        source.format in ONNX_FORMATS
+        onnx.runs(source.format)
+        and onnx.installed
         and not settings.compile
         and settings.dtype in ("auto", "float32")
-        and importlib.util.find_spec("onnxruntime") is not None
-        and importlib.util.find_spec("onnx") is not None
     )
 
 

@@ -57,6 +57,14 @@ class EngineSpec:
         module: _EngineModule = importlib.import_module(self.module)
         return module.build(source, settings)
 
+    @property
+    def installed(self) -> bool:
+        """Whether the package it needs is there (looked for, not imported)."""
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def runs(self, fmt: str) -> bool:
+        return not self.formats or fmt in self.formats
+
     def check(self, settings: Settings) -> None:
         """Before the server binds: what the settings alone tell (package, device, replicas)."""
         if settings.devices and not self.replicas:
@@ -64,7 +72,7 @@ class EngineSpec:
                 f"devices (one replica per device) is not supported yet with --engine {self.name}; "
                 "use the torch engine, or vLLM's own --tensor-parallel-size / --data-parallel-size"
             )
-        if self.requires is not None and importlib.util.find_spec(self.requires) is None:
+        if not self.installed:
             raise ConfigError(f"engine {self.name} needs {self.install}")
         if self.cpu_only and settings.device not in ("auto", "cpu"):
             raise ConfigError(
@@ -73,7 +81,7 @@ class EngineSpec:
 
     def check_source(self, source: ModelSource) -> None:
         """Once the model is resolved: whether this engine runs its format."""
-        if self.formats and source.format not in self.formats:
+        if not self.runs(source.format):
             runs = " and ".join(f"{f}s" for f in self.formats)
             raise ConfigError(
                 f"model {source.name!r} is {source.format}: the {self.name} engine runs {runs}; "
