@@ -13,7 +13,14 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
-from rerankd.errors import BadRequest, PayloadTooLarge, RerankdError, Unauthorized
+from rerankd.errors import (
+    BadRequest,
+    ClientError,
+    InternalError,
+    PayloadTooLarge,
+    RerankdError,
+    Unauthorized,
+)
 from rerankd.proxy.context import CONTEXT_KEY, RequestContext, context_of, request_id_from
 
 __all__ = [
@@ -81,7 +88,7 @@ def _from_litestar(exc: HTTPException) -> RerankdError:
         return BadRequest(str(exc.detail))
     if exc.status_code == 413:
         return PayloadTooLarge()
-    mapped = RerankdError(str(exc.detail))
+    mapped: RerankdError = (ClientError if exc.status_code < 500 else InternalError)(str(exc.detail))
     mapped.status_code = exc.status_code
     return mapped
 
@@ -116,7 +123,7 @@ def _handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Respons
 def _handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     # Never show internals to clients: the traceback goes to the log with the request id.
     log.error("request %s: unhandled error", request_id_of(request), exc_info=exc)
-    return error_response(request, RerankdError("internal error; see the server log for this request id"))
+    return error_response(request, InternalError("internal error; see the server log for this request id"))
 
 
 _ERROR_DESCRIPTIONS = {
