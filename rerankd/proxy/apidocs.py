@@ -15,9 +15,11 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
+from rerankd.proxy.paths import DOCS
+
 __all__ = ["ASSETS_PATH", "assets_router", "swagger_plugin"]
 
-ASSETS_PATH = "/docs/assets"
+ASSETS_PATH = DOCS + "/assets"
 
 
 def _assets_dir() -> Path:

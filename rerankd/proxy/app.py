@@ -23,6 +23,7 @@ from rerankd.proxy.errors import RerankdRequest, exception_handlers
 from rerankd.proxy.metrics import Metrics, metrics_endpoint
 from rerankd.proxy.middleware import RequestMiddleware
 from rerankd.proxy.observe import observe_unmatched
+from rerankd.proxy.paths import DOCS
 from rerankd.proxy.routes import ROUTES
 from rerankd.proxy.tracing import tracing_middleware
 from rerankd.service import RerankService
@@ -98,7 +99,7 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="rerankd",
             version=__version__,
-            path="/docs",
+            path=DOCS,
             render_plugins=[swagger_plugin()],
             components=Components(
                 security_schemes={

@@ -11,19 +11,19 @@ import re
 from collections.abc import Iterable
 
 from rerankd.errors import Unauthorized
+from rerankd.proxy.paths import DOCS, METRICS, PROBES
 
-__all__ = ["METRICS_PATH", "OPEN_PATHS", "bearer_token", "open_paths"]
+__all__ = ["OPEN_PATHS", "bearer_token", "open_paths"]
 
 #: Routes that never need a key: probes and the API description. Path templates, or prefixes ending "/".
-OPEN_PATHS: frozenset[str] = frozenset({"/health", "/ready", "/docs", "/docs/"})
-METRICS_PATH = "/metrics"
+OPEN_PATHS: frozenset[str] = PROBES | {DOCS, DOCS + "/"}
 
 # RFC 6750 b64token, bounded: longer values are not keys and are not worth hashing.
 _BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]{1,256}=*) *$", re.IGNORECASE)
 
 
 def open_paths(*, metrics_auth: bool) -> frozenset[str]:
-    return OPEN_PATHS if metrics_auth else OPEN_PATHS | {METRICS_PATH}
+    return OPEN_PATHS if metrics_auth else OPEN_PATHS | {METRICS}
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str:

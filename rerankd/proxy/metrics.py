@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from rerankd.adapters.base import EngineStats
 from rerankd.adapters.base import Histogram as StatsHistogram
 from rerankd.errors import RateLimited, RerankdError, Unauthorized
-from rerankd.proxy.auth import METRICS_PATH
+from rerankd.proxy.paths import METRICS
 from rerankd.service import RerankService
 from rerankd.stages import StageTimes
 
@@ -365,6 +365,6 @@ def _buckets(h: StatsHistogram) -> tuple[Sequence[tuple[str, float]], float]:
     return out, h.total
 
 
-@get(METRICS_PATH, summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
+@get(METRICS, summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
 def metrics_endpoint(metrics: Metrics) -> Response[bytes]:
     return Response(metrics.exposition(), media_type=_MEDIA_TYPE)

@@ -18,6 +18,7 @@ from litestar.types import ExceptionHandlersMap, Scope
 from rerankd.errors import ModelNotFound
 from rerankd.proxy.context import RequestContext, context_of
 from rerankd.proxy.metrics import Metrics
+from rerankd.proxy.paths import QUIET
 from rerankd.service import RerankService
 
 __all__ = ["UNMATCHED", "finish", "observe_unmatched"]
@@ -25,7 +26,6 @@ __all__ = ["UNMATCHED", "finish", "observe_unmatched"]
 log = logging.getLogger("rerankd.request")
 
 #: Probes and scrapes arrive every few seconds from every pod: their lines are debug, not info.
-_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 UNMATCHED = "unmatched"
 
 
@@ -62,7 +62,7 @@ def finish(
         tokens.inc(outcome.input_tokens)
         if ctx.stages is not None:
             metrics.observe_stages(model, ctx.stages)
-    level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+    level = logging.DEBUG if route in QUIET and status < 400 else logging.INFO
     if not log.isEnabledFor(level):
         return
     fields = {

@@ -27,6 +27,7 @@ from rerankd.proxy.dialects import DIALECTS, Dialect, Reply, UnknownFields
 from rerankd.proxy.dialects.base import check_query_length, unknown_field_warnings, unknown_fields
 from rerankd.proxy.disconnect import until_disconnect
 from rerankd.proxy.errors import ErrorBody, error_responses, request_id_of
+from rerankd.proxy.paths import HEALTH, READY
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 from rerankd.stages import StageTimes
 
@@ -291,12 +292,12 @@ def _status(service: RerankService, fine: str) -> Status:
     return Status(fine, replicas)
 
 
-@get("/health", summary="The process is alive")
+@get(HEALTH, summary="The process is alive")
 async def health(service: RerankService) -> Status:
     return _status(service, "ok")
 
 
-@get("/ready", summary="Every model is loaded and warm", responses=None)
+@get(READY, summary="Every model is loaded and warm", responses=None)
 async def ready(service: RerankService, request: AnyRequest) -> Response[Status | ErrorBody]:
     if service.ready:
         # Degraded capacity still serves: 200, with the replicas counted in the body.

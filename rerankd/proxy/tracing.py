@@ -12,12 +12,11 @@ import logging
 from litestar.types import Middleware
 
 from rerankd.config import Settings
+from rerankd.proxy.paths import QUIET
 
 __all__ = ["tracing_middleware"]
 
 log = logging.getLogger(__name__)
-
-_UNTRACED = ["/health", "/ready", "/metrics"]
 
 
 def tracing_middleware(settings: Settings) -> list[Middleware]:
@@ -36,4 +35,4 @@ def tracing_middleware(settings: Settings) -> list[Middleware]:
     provider = TracerProvider(resource=Resource.create({"service.name": "rerankd"}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     log.info("tracing requests with OpenTelemetry (OTLP/HTTP)")
-    return [OpenTelemetryConfig(tracer_provider=provider, exclude=_UNTRACED).middleware]
+    return [OpenTelemetryConfig(tracer_provider=provider, exclude=sorted(QUIET)).middleware]
