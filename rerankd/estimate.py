@@ -14,12 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rerankd.adapters.formats import EncodeOptions
-from rerankd.adapters.prompts import PAIR_PROMPTS, TEMPLATES
+from rerankd.adapters.prompts import BGE_GEMMA, MXBAI_V2, QWEN3
 
 __all__ = ["SPECIALS", "token_bound"]
 
 #: Special tokens a tokenizer may add to one sequence ([CLS]/[SEP], <s>/</s>, a leading word marker).
 SPECIALS = 8
+
+# Every prompt a local format wraps around its rows (rerankd.adapters.formats).
+_TEMPLATES = (QWEN3,)
+_PAIR_PROMPTS = (MXBAI_V2, BGE_GEMMA)
 
 # The longest prompt any LLM template wraps around (instruction, query, document), in bytes.
 _TEMPLATE_BYTES = max(
@@ -27,17 +31,17 @@ _TEMPLATE_BYTES = max(
     + len(t.head.format(instruction="", query="").encode())
     + 1
     + len(t.suffix.encode())
-    for t in TEMPLATES.values()
+    for t in _TEMPLATES
 )
 # Prompts that tokenize query and document apart: all their fixed text, separators included.
 _TEMPLATE_BYTES = max(
     _TEMPLATE_BYTES,
     *(
         len((p.prefix + p.query + p.document + 2 * p.sep + p.task + p.suffix).encode()) + 1
-        for p in PAIR_PROMPTS.values()
+        for p in _PAIR_PROMPTS
     ),
 )
-_DEFAULT_INSTRUCTION_BYTES = max(len(t.default_instruction.encode()) for t in TEMPLATES.values())
+_DEFAULT_INSTRUCTION_BYTES = max(len(t.default_instruction.encode()) for t in _TEMPLATES)
 
 
 def _size(text: str) -> int:

@@ -18,7 +18,6 @@ from rerankd.adapters.prompts import BGE_GEMMA, MXBAI_V2, QWEN3, PairPrompt, Pro
 
 __all__ = [
     "CHARS_PER_TOKEN",
-    "FORMATS",
     "LLM_KINDS",
     "BgeGemmaFormat",
     "BiEncoderFormat",
@@ -511,21 +510,11 @@ def _limit_chunks(enc: Any, n_docs: int, max_chunks: int, chunked: bool) -> Enco
     return Encoded(ids=ids, owner=owner, n_documents=n_docs, type_ids=types)
 
 
-FORMATS: dict[str, type[ModelFormat]] = {
-    f.kind: f for f in (LLMYesNoFormat, CrossEncoderFormat, BiEncoderFormat, MxbaiV2Format, BgeGemmaFormat)
-}
-
-
 def make_format(kind: str, tokenizer: Any, max_length: int) -> ModelFormat:
     """The format of a model kind; LLM rerankers use the Qwen3 model card's prompt."""
-    if kind == "llm-yes-no":
+    if kind == LLMYesNoFormat.kind:
         return LLMYesNoFormat(tokenizer, max_length, QWEN3)
-    if kind == "cross-encoder":
-        return CrossEncoderFormat(tokenizer, max_length)
-    if kind == "bi-encoder":
-        return BiEncoderFormat(tokenizer, max_length)
-    if kind == "mxbai-rerank-v2":
-        return MxbaiV2Format(tokenizer, max_length)
-    if kind == "bge-reranker-v2-gemma":
-        return BgeGemmaFormat(tokenizer, max_length)
+    for fmt in (CrossEncoderFormat, BiEncoderFormat, MxbaiV2Format, BgeGemmaFormat):
+        if kind == fmt.kind:
+            return fmt(tokenizer, max_length)
     raise ValueError(f"no local model format {kind!r}")

@@ -19,6 +19,7 @@ __all__ = [
     "SourceFormat",
     "embedded_model",
     "hub_id",
+    "read_json",
     "remote_model",
     "resolve_model",
 ]
@@ -78,7 +79,7 @@ def _local_dir(cfg: ModelConfig, cache_dir: str | None) -> Path:
         raise ConfigError(f"model {cfg.name!r}: cannot download {cfg.path!r}: {reason}") from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -112,8 +113,8 @@ def detect_format(path: Path, hf_config: dict[str, Any]) -> FormatKind:
 
 def _max_length(path: Path, kind: FormatKind, hf_config: dict[str, Any]) -> int:
     candidates = [
-        _read_json(path / "sentence_bert_config.json").get("max_seq_length"),
-        _read_json(path / "tokenizer_config.json").get("model_max_length"),
+        read_json(path / "sentence_bert_config.json").get("max_seq_length"),
+        read_json(path / "tokenizer_config.json").get("model_max_length"),
         hf_config.get("max_position_embeddings"),
     ]
     lengths = [int(c) for c in candidates if isinstance(c, int | float) and 0 < c < _SANE_LENGTH]
@@ -142,7 +143,7 @@ def resolve_model(cfg: ModelConfig, cache_dir: str | None = None) -> ModelSource
     """Locate (downloading a hub id once into ``cache_dir``, default huggingface_hub's), detect
     format and context length, fingerprint."""
     path = _local_dir(cfg, cache_dir)
-    hf_config = _read_json(path / "config.json")
+    hf_config = read_json(path / "config.json")
     if not hf_config:
         raise ConfigError(f"model {cfg.name!r}: no readable config.json in {path}")
     kind: FormatKind = detect_format(path, hf_config) if cfg.format == "auto" else cfg.format

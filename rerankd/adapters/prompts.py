@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BGE_GEMMA", "MXBAI_V2", "PAIR_PROMPTS", "QWEN3", "TEMPLATES", "PairPrompt", "PromptTemplate"]
+__all__ = ["BGE_GEMMA", "MXBAI_V2", "QWEN3", "PairPrompt", "PromptTemplate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,6 @@ QWEN3 = PromptTemplate(
     no_token="no",
     default_instruction="Given a web search query, retrieve relevant passages that answer the query",
 )
-
-TEMPLATES: dict[str, PromptTemplate] = {QWEN3.name: QWEN3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,5 +130,3 @@ BGE_GEMMA = PairPrompt(
     yes_token="Yes",
     no_token=None,
 )
-
-PAIR_PROMPTS: dict[str, PairPrompt] = {p.name: p for p in (MXBAI_V2, BGE_GEMMA)}

@@ -20,7 +20,7 @@ from rerankd.adapters.base import BatchedEngine, EngineStats
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
-from rerankd.adapters.loader import ModelSource
+from rerankd.adapters.loader import ModelSource, read_json
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.adapters.scheduler import Finish, Replica, Runner
 from rerankd.config import BATCH_TOKENS_CPU, BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
@@ -387,7 +387,7 @@ def _bi_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
 
 def bi_encoder_head(model: Any, src: ModelSource) -> Head:
     """Pooled, L2-normalised embeddings; the ONNX exporter traces this same function."""
-    cls_pooling = bool(_pooling_config(src).get("pooling_mode_cls_token"))
+    cls_pooling = bool(read_json(src.path / "1_Pooling" / "config.json").get("pooling_mode_cls_token"))
 
     def head(input_ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
         kwargs = {"token_type_ids": types} if types is not None else {}
@@ -400,16 +400,6 @@ def bi_encoder_head(model: Any, src: ModelSource) -> Head:
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     return head
-
-
-def _pooling_config(src: ModelSource) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads((src.path / "1_Pooling" / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 _HEADS: dict[str, Callable[[TorchEngine, ModelSource, _Replica], Head]] = {

@@ -42,7 +42,6 @@ class WriteBehind:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
-        self.written = 0
 
     @property
     def pending(self) -> int:
@@ -82,7 +81,6 @@ class WriteBehind:
     async def _write(self, batch: list[tuple[bytes, bytes]]) -> None:
         try:
             await self.store.set_many(batch, self.ttl_s)
-            self.written += len(batch)
         except Exception:  # stores swallow their faults; this is a bug, and the writer must live on
             log.exception("cache write of %d pairs failed", len(batch))
         finally:
