@@ -5,6 +5,8 @@
 #   bench/gpu.sh e2e     [extra bench.compare options]   # rerankd alone, 100 x 256-token documents
 #   bench/gpu.sh eager | compile [extra options]          # rerankd, with and without shared prefix
 #                                                         # (PREFIXES=no-shared-prefix: without only)
+#   bench/gpu.sh compile-fp8 [extra options]              # the same, compiled, --quantize fp8
+#   bench/gpu.sh fp8-probe [bench.fp8_probe options]      # the decoder's forward pass, bf16 vs fp8
 #   bench/gpu.sh vllm-serve [extra options]               # vLLM's own server, same model and load
 #   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
 #   bench/gpu.sh warm-start [extra options]               # two --compile starts, a fresh cache folder
@@ -42,10 +44,11 @@ SIDE=(--model "$MODEL" --device cuda --dtype bfloat16 --concurrency 16 --documen
 # Compile artifacts persist here between the two --compile starts (and while the machine stays warm).
 COMPILE_CACHE=${COMPILE_CACHE:-/tmp/rerankd-compile-cache}
 
-rerankd_pair() {  # $1: eager|compile; then extra bench.compare options
+rerankd_pair() {  # $1: eager|compile|compile-fp8; then extra bench.compare options
   local mode=$1 flags="--engine torch --no-cache"
   shift
-  [ "$mode" = compile ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE"
+  [ "$mode" != eager ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE"
+  [ "$mode" = compile-fp8 ] && flags="$flags --quantize fp8"
   for prefix in ${PREFIXES:-shared-prefix no-shared-prefix}; do
     "$PY" -m bench.compare --servers rerankd --label "rerankd-$mode-$prefix" "${SIDE[@]}" \
       --server-arg="$flags --$prefix" --json "$OUT/rerankd-$mode-$prefix.json" "$@"
@@ -62,8 +65,11 @@ vllm_serve() {
 what=${1:-compare}
 shift || true
 case "$what" in
-  eager | compile)
+  eager | compile | compile-fp8)
     rerankd_pair "$what" "$@"
+    ;;
+  fp8-probe)
+    "$PY" -m bench.fp8_probe "$MODEL" --json "$OUT/fp8-probe.json" "$@"
     ;;
   vllm-serve)
     vllm_serve "$@"

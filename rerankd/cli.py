@@ -170,7 +170,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         dest="enable_prefix_caching",
     )
     # The onnx engine (docs/engines.md#onnx).
-    p.add_argument("--quantize", choices=["none", "int8"], dest="quantize", help="onnx engine: int8 weights")
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8", "fp8"],
+        dest="quantize",
+        help="int8: onnx engine, int8 weights; fp8: torch engine on CUDA (compute capability >= 8.9)",
+    )
     p.add_argument(
         "--onnx-cache-dir", dest="onnx_cache_dir", help="exported models (default ~/.cache/rerankd/onnx)"
     )

@@ -194,9 +194,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     #: Redis Cluster hash tag of it and put every key in one slot.
     redis_prefix: Annotated[str, Meta(max_length=64, pattern=r"^[^{}\s]*$")] = "rerankd:"
 
+    #: ``int8``: the onnx engine's dynamic quantization of the exported model (weights int8).
+    #: ``fp8``: the torch engine's FP8 projections on CUDA GPUs of compute capability 8.9 or later
+    #: (weights per channel, activations per token; docs/engines.md#fp8).
+    quantize: Literal["none", "int8", "fp8"] = "none"
+
     # -- ONNX Runtime engine (docs/engines.md#onnx) ------------------------------------------
-    #: ``int8``: onnxruntime's dynamic quantization of the exported model (weights int8).
-    quantize: Literal["none", "int8"] = "none"
     #: Where exported models are kept, one file per model fingerprint, exporter and quantization.
     #: Default: ``$XDG_CACHE_HOME/rerankd/onnx`` (``~/.cache/rerankd/onnx``).
     onnx_cache_dir: str | None = None

@@ -24,7 +24,9 @@ def pick_engine(settings: Settings, source: ModelSource | None = None) -> str:
     the encoder formats it runs (measured 2.6x the torch engine, docs/benchmarks.md); torch otherwise."""
     if settings.engine != "auto":
         return settings.engine
-    if settings.devices:  # replicas per device: the torch engine's (vLLM has its own parallelism)
+    if settings.devices or settings.quantize == "fp8":
+        # Replicas per device and FP8 projections are the torch engine's (vLLM has its own
+        # parallelism).
         return "torch"
     if settings.device != "cpu" and importlib.util.find_spec("vllm") is not None:
         import torch
@@ -58,6 +60,7 @@ def _onnx_fits(source: ModelSource, settings: Settings) -> bool:
         and onnx.installed
         and not settings.compile
         and settings.dtype in ("auto", "float32")
+        and settings.quantize in ("none", *onnx.quantize)
     )
 
 

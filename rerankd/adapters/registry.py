@@ -49,6 +49,8 @@ class EngineSpec:
     cpu_only: bool = False
     #: Supports one replica per device (``devices``).
     replicas: bool = False
+    #: The ``quantize`` settings it runs besides ``none``.
+    quantize: tuple[str, ...] = ()
     #: Runs the model in this process: its files are resolved and the device checked. False:
     #: the model is a name an upstream server knows.
     local: bool = True
@@ -71,6 +73,12 @@ class EngineSpec:
             raise ConfigError(
                 f"devices (one replica per device) is not supported yet with --engine {self.name}; "
                 "use the torch engine, or vLLM's own --tensor-parallel-size / --data-parallel-size"
+            )
+        if settings.quantize != "none" and settings.quantize not in self.quantize:
+            by = [s.name for s in ENGINES.values() if settings.quantize in s.quantize]
+            raise ConfigError(
+                f"quantize {settings.quantize} is not supported by the {self.name} engine; "
+                f"use --engine {' or '.join(by)}"
             )
         if not self.installed:
             raise ConfigError(f"engine {self.name} needs {self.install}")
@@ -99,6 +107,7 @@ ENGINES: Mapping[str, EngineSpec] = {
             "transformers in this process; CPU, CUDA or MPS; one replica per device with --devices",
             "rerankd.adapters.torch_engine",
             replicas=True,
+            quantize=("fp8",),
         ),
         EngineSpec(
             "vllm",
@@ -128,6 +137,7 @@ ENGINES: Mapping[str, EngineSpec] = {
             install="onnxruntime: pip install 'onnxruntime>=1.20' 'onnx>=1.17'",
             formats=("cross-encoder", "bi-encoder"),
             cpu_only=True,
+            quantize=("int8",),
         ),
     )
 }

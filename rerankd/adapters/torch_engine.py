@@ -20,6 +20,7 @@ from rerankd.adapters.base import BatchedEngine, EngineStats
 from rerankd.adapters.compile_cache import CompileCache, default_cache_dir
 from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
+from rerankd.adapters.fp8 import fp8_supported, quantize_linears
 from rerankd.adapters.loader import ModelSource, read_json
 from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
 from rerankd.adapters.scheduler import Finish, Replica, Runner
@@ -82,6 +83,7 @@ class TorchEngine(BatchedEngine):
         devices: Sequence[str] = (),
         fault_devices: Sequence[int] = (),
         fault_after_batches: int = 0,
+        quantize: str = "none",
     ) -> None:
         self.compile = compile
         self._compile_cache: CompileCache | None = None
@@ -90,6 +92,16 @@ class TorchEngine(BatchedEngine):
         labels = expand_devices(devices, torch.cuda.device_count()) if devices else []
         self.device = pick_device(labels[0] if labels else device)
         self.dtype = pick_dtype(dtype, self.device)
+        if quantize == "fp8":
+            reason = fp8_supported(self.device)
+            if reason is not None:
+                raise ConfigError(f"quantize fp8: {reason} (device {self.device})")
+        elif quantize != "none":
+            raise ConfigError(
+                f"quantize {quantize}: the onnx engine's; the torch engine quantizes to fp8 on CUDA"
+            )
+        #: FP8 projections (rerankd.adapters.fp8): another score, so another cache tag and compile cache.
+        self.fp8 = quantize == "fp8"
         #: Compute a prefix common to adjacent rows once per batch (LLM formats only); by default
         #: on CPU only, where it was measured to pay (docs/benchmarks.md).
         self.shared_prefix = shared_prefix if shared_prefix is not None else self.device.type == "cpu"
@@ -121,6 +133,7 @@ class TorchEngine(BatchedEngine):
             base = Path(compile_cache_dir) if compile_cache_dir else default_cache_dir(source.path)
             # Not keyed by shared_prefix: without it the engine compiles a subset of the same graphs.
             shapes = f"batch<={max_batch_tokens or default_batch_tokens(self.device)}x{max_batch_size}"
+            shapes += ",fp8" if self.fp8 else ""
             self._compile_cache = CompileCache.for_engine(
                 base, fingerprint=source.fingerprint, device=self.device, dtype=self.dtype, shapes=shapes
             )
@@ -172,7 +185,7 @@ class TorchEngine(BatchedEngine):
 
     @property
     def cache_tag(self) -> str:
-        return f"torch:{str(self.dtype).removeprefix('torch.')}"
+        return f"torch:{str(self.dtype).removeprefix('torch.')}{'+fp8' if self.fp8 else ''}"
 
     def stats(self) -> dict[str, float]:
         stats = self.scheduler.snapshot()
@@ -300,7 +313,12 @@ def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource, device: 
     model = auto_class.from_pretrained(
         src.path, dtype=engine.dtype, trust_remote_code=src.config.trust_remote_code
     )
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if engine.fp8:
+        # Before compiling: the compiled graph then fuses each activation's quantization.
+        n = quantize_linears(model)
+        log.info("%s: %d linear layers in fp8 on %s", src.name, n, device)
+    return model
 
 
 def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
@@ -427,4 +445,5 @@ def build(source: ModelSource, settings: Settings) -> TorchEngine:
         devices=settings.devices,
         fault_devices=settings.fault_devices,
         fault_after_batches=settings.fault_after_batches,
+        quantize=settings.quantize,
     )
