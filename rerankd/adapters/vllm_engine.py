@@ -34,7 +34,7 @@ from rerankd.adapters.formats import (
 )
 from rerankd.adapters.loader import ModelSource
 from rerankd.adapters.scheduler import BATCH_SIZE_BOUNDS, BATCH_TOKENS_BOUNDS, QUEUE_WAIT_BOUNDS, Histogram
-from rerankd.config import MAX_QUEUE_SEQUENCES, Settings
+from rerankd.config import MAX_QUEUE_SEQUENCES, Settings, VLLMOptions
 from rerankd.errors import ConfigError, EngineStartError, EngineUnavailable, Overloaded, Timeout
 from rerankd.requester import requested_by
 
@@ -55,37 +55,6 @@ log = logging.getLogger(__name__)
 
 #: Sequences handed to vLLM per event-loop iteration (see ``VLLMEngine.infer``).
 _SUBMIT_SLICE = 16
-
-
-@dataclass(frozen=True, slots=True)
-class VLLMOptions:
-    """Engine arguments rerankd passes through to vLLM; ``None`` leaves vLLM's default."""
-
-    dtype: str = "auto"
-    gpu_memory_utilization: float | None = None
-    max_model_len: int | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    quantization: str | None = None
-    enforce_eager: bool = False
-    enable_prefix_caching: bool = True
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> VLLMOptions:
-        return cls(
-            dtype=s.dtype,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            max_model_len=s.max_model_len,
-            max_num_seqs=s.max_num_seqs,
-            max_num_batched_tokens=s.max_num_batched_tokens,
-            tensor_parallel_size=s.tensor_parallel_size,
-            data_parallel_size=s.data_parallel_size,
-            quantization=s.quantization,
-            enforce_eager=s.enforce_eager,
-            enable_prefix_caching=s.enable_prefix_caching,
-        )
 
 
 class PoolingPlan:
