@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -76,6 +77,15 @@ class EngineStats:
     #: Per device replica; empty where the engine has none.
     devices: Sequence[DeviceStats] = ()
 
+    def counters(self) -> dict[str, float]:
+        """The plain figures by name (what :meth:`Engine.stats` returns): no histograms, no
+        devices, nothing the engine does not measure."""
+        return {
+            f.name: value
+            for f in dataclasses.fields(self)
+            if isinstance(value := getattr(self, f.name), float | int)
+        }
+
 
 def scheduler_stats(scheduler: Scheduler, devices: Sequence[DeviceStats] = ()) -> EngineStats:
     """The stats of an engine that batches through the scheduler."""
@@ -122,8 +132,8 @@ class Engine(ABC):
     async def close(self) -> None: ...
 
     def stats(self) -> dict[str, float]:
-        """The engine's own counters by name, for tests and benchmarks; metrics read :meth:`snapshot`."""
-        return {}
+        """The engine's counters by name, for tests and benchmarks; metrics read :meth:`snapshot`."""
+        return self.snapshot().counters()
 
     def snapshot(self) -> EngineStats:
         """What the engine has counted, read at scrape time."""
@@ -244,7 +254,8 @@ class BatchedEngine(LocalEngine):
         return self.scheduler.alive
 
     def stats(self) -> dict[str, float]:
-        return self.scheduler.snapshot()
+        # The measured rate too: admission and ranking use it, and benchmarks report it.
+        return {**super().stats(), "tokens_per_second": self.scheduler.stats.tokens_per_s}
 
     def snapshot(self) -> EngineStats:
         return scheduler_stats(self.scheduler, self.devices())

@@ -286,22 +286,6 @@ class Scheduler:
         """Sequences not yet launched."""
         return self._queued_rows
 
-    def snapshot(self) -> dict[str, float]:
-        """The counters engines report as their stats (read at scrape time)."""
-        s = self.stats
-        return {
-            "batches": s.batches,
-            "mixed_batches": s.mixed_batches,
-            "sequences": s.sequences,
-            "real_tokens": s.real_tokens,
-            "padded_tokens": s.padded_tokens,
-            "busy_seconds": s.busy_s,
-            "queue_depth": self.queue_depth,
-            "running": s.running,
-            "refused": s.refused,
-            "tokens_per_second": s.tokens_per_s,
-        }
-
     @property
     def alive(self) -> bool:
         if self._multi:

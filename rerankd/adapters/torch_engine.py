@@ -187,15 +187,8 @@ class TorchEngine(BatchedEngine):
     def cache_tag(self) -> str:
         return f"torch:{str(self.dtype).removeprefix('torch.')}{'+fp8' if self.fp8 else ''}"
 
-    def stats(self) -> dict[str, float]:
-        stats = self.scheduler.snapshot()
-        # Present (0) where no prefix is shared too: one set of families whatever the model.
-        stats["prefix_batches"] = self._prefix_batches
-        stats["prefix_saved_tokens"] = self._prefix_saved
-        return stats
-
     def snapshot(self) -> EngineStats:
-        # Present (0) where no prefix is shared too, as in stats().
+        # Present (0) where no prefix is shared too: one set of families whatever the model.
         return dataclasses.replace(
             super().snapshot(), prefix_batches=self._prefix_batches, prefix_saved_tokens=self._prefix_saved
         )

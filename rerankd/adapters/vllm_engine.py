@@ -365,18 +365,7 @@ class VLLMEngine(LocalEngine):
         return self._cache_tag
 
     def stats(self) -> dict[str, float]:
-        v = self.vllm_stats
-        return {
-            "sequences": self._sequences,
-            "in_flight": self._in_flight,
-            "batches": v.batches,
-            "real_tokens": v.computed_tokens,
-            "queue_depth": v.waiting,
-            "running": v.running,
-            "kv_cache_usage": v.kv_cache_usage,
-            "prefix_cache_queries": v.prefix_queries,
-            "prefix_cache_hits": v.prefix_hits,
-        }
+        return {**super().stats(), "in_flight": self._in_flight}
 
     def snapshot(self) -> EngineStats:
         v = self.vllm_stats

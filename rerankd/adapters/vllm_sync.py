@@ -78,9 +78,6 @@ class VLLMSyncEngine(LocalEngine):
     def cache_tag(self) -> str:
         return self._cache_tag
 
-    def stats(self) -> dict[str, float]:
-        return self.scheduler.snapshot()
-
     def snapshot(self) -> EngineStats:
         return scheduler_stats(self.scheduler)
 
