@@ -9,47 +9,11 @@ from typing import Any
 
 from rerankd import __version__
 from rerankd.auth import cli as keys_cli
-from rerankd.config import ENV_PREFIX, GROUPS, Option, Settings, load_settings, options, split_csv
+from rerankd.config import ENV_PREFIX, GROUPS, Settings, load_settings, options, split_csv
 from rerankd.errors import ConfigError
+from rerankd.flags import HelpFormatter, add_option, env_help
 
 __all__ = ["main", "serve_settings"]
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Wraps each line of an option's help apart, so that its env variable and default start a line."""
-
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        split = super()._split_lines
-        return [line for part in text.splitlines() for line in split(part, width)]
-
-
-def _help(text: str, env: str, default: str) -> str:
-    return f"{text}\n(env {env}; default: {default})".replace("%", "%%")
-
-
-def _add_option(group: Any, opt: Option, *, flag: str | None = None, help: str | None = None) -> None:
-    """One setting's flag. Its default is None: only flags given override env and file."""
-    env = ", ".join((*opt.env_aliases, opt.env))
-    kwargs: dict[str, Any] = {"dest": opt.field, "help": help or _help(opt.help, env, opt.shown_default)}
-    if opt.item is bool:
-        kwargs.update(
-            {"action": argparse.BooleanOptionalAction}
-            if opt.spec.negatable
-            else {"action": "store_const", "const": True}
-        )
-    else:
-        kwargs.update(
-            action="append" if opt.spec.repeat else "store",
-            type=None if opt.item is str else opt.item,
-            choices=opt.choices,
-            metavar=opt.spec.metavar or ("N" if opt.item in (int, float) else None),
-        )
-    group.add_argument(flag or opt.flag, **kwargs)
-    if opt.spec.shorthand:
-        short, value = opt.spec.shorthand
-        group.add_argument(
-            short, dest=opt.field, action="store_const", const=value, help=f"same as {opt.flag} {value}"
-        )
 
 
 def _serve_parser(sub: Any) -> None:
@@ -58,16 +22,16 @@ def _serve_parser(sub: Any) -> None:
         help="run the rerank server",
         description="Run the rerank server. Every option is also an env variable and a key of the "
         "--config file; a flag beats the env, which beats the file (docs/configuration.md).",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     groups = {key: p.add_argument_group(title, description) for key, (title, description) in GROUPS.items()}
     groups["server"].add_argument(
         "--config",
         metavar="FILE",
-        help=_help("settings file (.toml, .yaml or .json)", f"{ENV_PREFIX}CONFIG", "none"),
+        help=env_help("settings file (.toml, .yaml or .json)", f"{ENV_PREFIX}CONFIG", "none"),
     )
     for opt in options():
-        _add_option(groups[opt.group], opt)
+        add_option(groups[opt.group], opt)
 
 
 def _download_parser(sub: Any) -> None:
@@ -76,18 +40,18 @@ def _download_parser(sub: Any) -> None:
         help="fetch hub models into the model cache",
         description="Fetch hub models (config, tokenizer, safetensors) into the model cache, for a "
         "volume that servers then start from offline (HF_HUB_OFFLINE=1). Prints each model's folder.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="OWNER/NAME[@REVISION]", help="hub ids")
     by_field = {opt.field: opt for opt in options()}
-    _add_option(
+    add_option(
         p,
         by_field["model_cache_dir"],
         flag="--cache-dir",
         help="cache folder (default: serve's model_cache_dir, else HF_HUB_CACHE or HF_HOME/hub)",
     )
     for field in ("log_level", "log_format"):
-        _add_option(p, by_field[field])
+        add_option(p, by_field[field])
 
 
 def download(models: Sequence[str], settings: Settings) -> int:

@@ -17,6 +17,7 @@ from rerankd.auth.limits import KeyUsage, ModelDayUsage, RedisLimiter
 from rerankd.auth.store import KeyStore
 from rerankd.config import Settings, load_settings
 from rerankd.errors import ConfigError, RerankdError
+from rerankd.flags import add_option, env_help, option
 
 __all__ = ["add_parser", "run"]
 
@@ -39,17 +40,14 @@ def _name(text: str) -> str:
 def add_parser(sub: Any) -> None:
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--config", help="settings file (.toml, .yaml or .json); env RERANKD_CONFIG")
-    store.add_argument("--keys-file", dest="keys_file", help="JSON keys file; env RERANKD_KEYS_FILE")
-    store.add_argument(
-        "--redis-url",
-        dest="redis_url",
-        help="Redis for keys (without a keys file) and usage; env RERANKD_REDIS_URL",
-    )
-    store.add_argument(
-        "--redis-prefix",
-        dest="redis_prefix",
-        help="prefix of the deployment's names in Redis (default rerankd:); env RERANKD_REDIS_PREFIX",
-    )
+    # The server's own settings, flags and env names: the keys commands must find the same store.
+    for field, what in (
+        ("keys_file", "JSON keys file"),
+        ("redis_url", "Redis for keys (without a keys file) and usage"),
+        ("redis_prefix", "prefix of the deployment's names in Redis"),
+    ):
+        opt = option(field)
+        add_option(store, opt, help=env_help(what, opt.env, opt.shown_default))
     keys = sub.add_parser(
         "keys",
         help="manage API keys",
