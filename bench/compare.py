@@ -41,6 +41,7 @@ from rerankd.bench.loadgen import (
     make_report,
     markdown_table,
     run_params,
+    sweep_options,
     workload_from_args,
 )
 
@@ -232,10 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         server.url + ns.route,
                         workload,
                         ns.concurrency,
-                        duration=ns.duration,
-                        warmup=ns.warmup,
-                        max_requests=ns.requests,
-                        request_timeout=ns.timeout,
+                        **sweep_options(ns),
                         label=label,
                         progress=None if ns.quiet else sys.stderr,
                     )

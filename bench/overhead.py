@@ -38,6 +38,7 @@ from rerankd.bench.loadgen import (
     make_report,
     markdown_table,
     run_params,
+    sweep_options,
     workload_from_args,
 )
 from rerankd.bench.workload import Workload
@@ -234,10 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         server.url + "/v2/rerank",
                         workload,
                         ns.concurrency,
-                        duration=ns.duration,
-                        warmup=ns.warmup,
-                        max_requests=ns.requests,
-                        request_timeout=ns.timeout,
+                        **sweep_options(ns),
                         label="http",
                         progress=progress,
                     )

@@ -47,6 +47,7 @@ __all__ = [
     "parse_levels",
     "percentile",
     "run_params",
+    "sweep_options",
     "workload_from_args",
     "write_outputs",
 ]
@@ -473,6 +474,16 @@ def workload_from_args(ns: argparse.Namespace, model: str | None = None) -> Work
     )
 
 
+def sweep_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """:func:`http_sweep`'s keyword options from the flags every bench command shares."""
+    return {
+        "duration": ns.duration,
+        "warmup": ns.warmup,
+        "max_requests": ns.requests,
+        "request_timeout": ns.timeout,
+    }
+
+
 def run_params(ns: argparse.Namespace) -> dict[str, Any]:
     return {
         "duration_s": ns.duration,
@@ -511,10 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             url,
             workload,
             ns.concurrency,
-            duration=ns.duration,
-            warmup=ns.warmup,
-            max_requests=ns.requests,
-            request_timeout=ns.timeout,
+            **sweep_options(ns),
             label=ns.label,
             progress=None if ns.quiet else sys.stderr,
         )
