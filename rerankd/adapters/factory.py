@@ -15,6 +15,7 @@ from rerankd.adapters.devices import check_device, check_devices
 from rerankd.adapters.loader import ModelSource, remote_model, resolve_model
 from rerankd.adapters.registry import AUTO, engine_spec
 from rerankd.config import ModelConfig, Settings
+from rerankd.errors import ConfigError
 
 __all__ = ["build_engine", "check_device", "check_engine", "pick_engine", "resolve_source"]
 
@@ -74,6 +75,14 @@ def check_engine(settings: Settings) -> None:
         check_device(settings.device)
         if settings.devices:
             check_devices(settings.devices)
+    if settings.quantize == "fp8" and (
+        settings.device == "cpu"
+        or (settings.device == "auto" and not settings.devices and not _accelerator())
+    ):
+        # The GPU's compute capability is checked when the engine is built (it needs torch).
+        raise ConfigError(
+            "quantize fp8 needs a CUDA GPU of compute capability 8.9 or later; device is the CPU"
+        )
 
 
 def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:

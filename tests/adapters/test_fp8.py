@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rerankd.adapters.factory import pick_engine
+from rerankd.adapters.factory import check_engine, pick_engine
 from rerankd.adapters.fp8 import FP8Linear, fp8_supported, quantize_linears
 from rerankd.adapters.loader import embedded_model, resolve_model
 from rerankd.adapters.registry import engine_spec
@@ -90,6 +90,9 @@ def test_fp8_scores_of_a_trained_model_stay_near_full_precision() -> None:
 
 def test_fp8_needs_a_cuda_gpu() -> None:
     assert fp8_supported(torch.device("cpu")) is not None
+    # Before the server binds (exit 2, one line), for the CPU named or found.
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        check_engine(Settings(quantize="fp8", device="cpu"))
     with pytest.raises(ConfigError, match="CUDA"):
         TorchEngine(resolve_model(embedded_model()), device="cpu", quantize="fp8")
     with pytest.raises(ConfigError, match="onnx engine"):
