@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,20 @@ def test_remote_without_upstream_exits_2_with_one_line() -> None:
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "engine remote needs upstreams (--upstream URL)" in out.stderr
+
+
+def test_compile_on_the_cpu_without_a_compiler_exits_2_with_one_line(tmp_path: Path) -> None:
+    # torch inductor builds C++ at the first forward pass: the check runs before the port opens.
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler")}
+    out = subprocess.run(
+        [sys.executable, "-m", "rerankd", "serve", "--compile", "--device", "cpu", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "compile on the CPU needs a C++ compiler" in out.stderr
+    assert "Uvicorn running" not in out.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import shutil
 import sys
 
 import msgspec
@@ -75,14 +76,23 @@ def check_engine(settings: Settings) -> None:
         check_device(settings.device)
         if settings.devices:
             check_devices(settings.devices)
-    if settings.quantize == "fp8" and (
-        settings.device == "cpu"
-        or (settings.device == "auto" and not settings.devices and not _accelerator())
-    ):
+    on_cpu = settings.device == "cpu" or (
+        settings.device == "auto" and not settings.devices and not _accelerator()
+    )
+    if settings.quantize == "fp8" and on_cpu:
         # The GPU's compute capability is checked when the engine is built (it needs torch).
         raise ConfigError(
             "quantize fp8 needs a CUDA GPU of compute capability 8.9 or later; device is the CPU"
         )
+    if settings.compile and on_cpu and settings.engine in (AUTO, "torch"):
+        # torch.compile's CPU code is C++ that inductor builds at the first forward pass: without
+        # a compiler the warm-up would fail after the port opened.
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None:
+            raise ConfigError(
+                f"compile on the CPU needs a C++ compiler ({cxx}, or set CXX) for torch inductor; "
+                "install one (apt-get install g++) or serve without --compile"
+            )
 
 
 def resolve_source(cfg: ModelConfig, settings: Settings) -> ModelSource:
