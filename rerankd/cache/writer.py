@@ -4,7 +4,6 @@ pending writes grow without bound (beyond the bound they are dropped and counted
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -88,14 +87,19 @@ class WriteBehind:
             self._on_written([k for k, _ in batch])
 
     async def close(self, timeout_s: float = 2.0) -> None:
-        """Flush what is queued, for at most ``timeout_s``, then stop."""
+        """Flush what is queued, for at most ``timeout_s``, then stop. Bounded whatever the store
+        does: a store call that ignored its cancellation is left behind (logged), not awaited."""
         task, self._task = self._task, None
         if task is None:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while self._queue:
-                    await self._write(self._take())
+        flusher = asyncio.ensure_future(self._flush())
+        await asyncio.wait([flusher], timeout=timeout_s)
+        flusher.cancel()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        _, stuck = await asyncio.wait([flusher, task], timeout=timeout_s)
+        if stuck:
+            log.warning("cache writes still running after shutdown; %d pairs not written", self._pending)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            await self._write(self._take())
