@@ -35,10 +35,16 @@ def pick_engine(settings: Settings, source: ModelSource | None = None) -> str:
 
         if torch.cuda.is_available():
             return "vllm"
-    on_cpu = settings.device == "cpu" or (settings.device == "auto" and not _accelerator())
-    if on_cpu and source is not None and _onnx_fits(source, settings):
+    if _on_cpu(settings) and source is not None and _onnx_fits(source, settings):
         return "onnx"
     return "torch"
+
+
+def _on_cpu(settings: Settings) -> bool:
+    """Whether the model runs on the CPU: named, or ``auto`` on a host without a GPU."""
+    return settings.device == "cpu" or (
+        settings.device == "auto" and not settings.devices and not _accelerator()
+    )
 
 
 def _accelerator() -> bool:
@@ -76,9 +82,7 @@ def check_engine(settings: Settings) -> None:
         check_device(settings.device)
         if settings.devices:
             check_devices(settings.devices)
-    on_cpu = settings.device == "cpu" or (
-        settings.device == "auto" and not settings.devices and not _accelerator()
-    )
+    on_cpu = _on_cpu(settings)
     if settings.quantize == "fp8" and on_cpu:
         # The GPU's compute capability is checked when the engine is built (it needs torch).
         raise ConfigError(

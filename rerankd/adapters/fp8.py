@@ -10,8 +10,6 @@ head stay in the model's dtype (``docs/engines.md#fp8`` has the fidelity measure
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -84,8 +82,3 @@ def quantize_linears(module: nn.Module, *, skip: tuple[str, ...] = ("lm_head", "
 
 def _eligible(linear: nn.Linear) -> bool:
     return linear.in_features % _ALIGN == 0 and linear.out_features % _ALIGN == 0
-
-
-def fp8_linears(module: Any) -> int:
-    """How many FP8 layers ``module`` holds (for the start-up log)."""
-    return sum(isinstance(m, FP8Linear) for m in module.modules())
