@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +14,7 @@ from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
 from rerankd.errors import Overloaded, Timeout
 from rerankd.requester import Requester
+from tests.fixtures.held_worker import queued_behind
 
 
 @pytest.fixture
@@ -41,28 +40,13 @@ async def test_outputs_return_in_order_to_their_request(engine: TorchEngine) -> 
 
 
 async def test_concurrent_requests_share_batches(engine: TorchEngine) -> None:
-    # The worker is held in the first request's batch until the small ones have all queued, so
-    # they meet in the next batch however slowly each reaches the queue.
-    replica = engine.scheduler.replicas[0]
-    run, entered, gate = replica.runner, threading.Event(), threading.Event()
-
-    def held(*args: Any) -> Any:
-        entered.set()
-        gate.wait(30)
-        return run(*args)
-
-    replica.runner = held
     before = engine.scheduler.stats.mixed_batches
-    busy = asyncio.ensure_future(engine.scheduler.submit(rows(40)))
-    assert await asyncio.to_thread(entered.wait, 30)
-    replica.runner = run
-    small = asyncio.gather(*(engine.scheduler.submit(rows(1, start=7 + i)) for i in range(8)))
-    deadline = time.monotonic() + 30
-    while engine.scheduler.queue_depth < 8:
-        assert time.monotonic() < deadline, "the small requests never queued"
-        await asyncio.sleep(0.005)
-    gate.set()
-    await asyncio.gather(busy, small)
+    await queued_behind(
+        engine.scheduler,
+        engine.scheduler.submit(rows(40)),
+        lambda: asyncio.gather(*(engine.scheduler.submit(rows(1, start=7 + i)) for i in range(8))),
+        rows=8,
+    )
     assert engine.scheduler.stats.mixed_batches > before
 
 

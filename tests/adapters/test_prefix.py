@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from rerankd.adapters.loader import resolve_model
 from rerankd.adapters.prefix import plan_prefixes, shared_prefix_hidden
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
+from tests.fixtures.held_worker import queued_behind
 from tests.fixtures.qwen3_reference import model_card_scores
 
 SYSTEM = list(range(1, 11))
@@ -84,28 +83,12 @@ async def _two_requests(path: Path, queries: list[str], docs: list[str]) -> tupl
     await engine.start()
     try:
         before = engine.stats()["mixed_batches"]
-        # The worker is held in its next batch until every request has queued, so they all meet
-        # in the batch after it however slowly each one reaches the queue.
-        replica = engine.scheduler.replicas[0]
-        run, entered, gate = replica.runner, threading.Event(), threading.Event()
-
-        def held(*args: Any) -> Any:
-            entered.set()
-            gate.wait(30)
-            return run(*args)
-
-        replica.runner = held
-        blocker = asyncio.ensure_future(engine.score("hold", ["the worker"], EncodeOptions()))
-        assert await asyncio.to_thread(entered.wait, 30)
-        scored = asyncio.gather(*(engine.score(q, docs, EncodeOptions()) for q in queries))
-        deadline = time.monotonic() + 30
-        while engine.scheduler.queue_depth < len(queries) * len(docs):
-            assert time.monotonic() < deadline, "the requests never queued"
-            await asyncio.sleep(0.005)
-        replica.runner = run
-        gate.set()
-        await blocker
-        results = await scored
+        results = await queued_behind(
+            engine.scheduler,
+            engine.score("hold", ["the worker"], EncodeOptions()),
+            lambda: asyncio.gather(*(engine.score(q, docs, EncodeOptions()) for q in queries)),
+            rows=len(queries) * len(docs),
+        )
         assert engine.stats()["mixed_batches"] > before  # the requests shared a batch
         return [r.scores for r in results], engine.stats()["prefix_saved_tokens"]
     finally:
