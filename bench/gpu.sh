@@ -7,6 +7,8 @@
 #                                                         # (PREFIXES=no-shared-prefix: without only)
 #   bench/gpu.sh compile-fp8 [extra options]              # the same, compiled, --quantize fp8
 #   bench/gpu.sh fp8-probe [bench.fp8_probe options]      # the decoder's forward pass, bf16 vs fp8
+#   bench/gpu.sh prefix [bench.prefix_saving options]     # one batch, full rows vs packed shared
+#                                                         # prefix, eager and compiled
 #   bench/gpu.sh vllm-serve [extra options]               # vLLM's own server, same model and load
 #   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
 #   bench/gpu.sh warm-start [extra options]               # two --compile starts, a fresh cache folder
@@ -68,6 +70,13 @@ case "$what" in
   eager | compile | compile-fp8)
     rerankd_pair "$what" "$@"
     ;;
+  prefix)
+    # One full 16,384-token batch of one request's pairs (47 x 349 tokens), all 28 layers.
+    for mode in eager compile; do
+      "$PY" -m bench.prefix_saving --layers 28 --rows 47 --device cuda --dtype bfloat16 --repeats 10 \
+        $([ $mode = compile ] && echo --compile) --json "$OUT/prefix-$mode.json" "$@"
+    done
+    ;;
   fp8-probe)
     "$PY" -m bench.fp8_probe "$MODEL" --json "$OUT/fp8-probe.json" "$@"
     ;;
@@ -102,7 +111,7 @@ case "$what" in
       --json "$OUT/gpu-e2e.json" --plot "$OUT/gpu-e2e.png" --log-dir "$OUT/logs" "$@"
     ;;
   *)
-    echo "usage: bench/gpu.sh compare|e2e|eager|compile|vllm-serve|side-by-side|warm-start [options]" >&2
+    echo "usage: bench/gpu.sh compare|e2e|eager|compile|compile-fp8|prefix|fp8-probe|vllm-serve|side-by-side|warm-start [options]" >&2
     exit 2
     ;;
 esac

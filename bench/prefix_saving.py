@@ -1,10 +1,11 @@
 """What shared-prefix scoring saves at the 349-token shape: one batch of one request's pairs (the
-bench's 100 x 256-word workload), run as full rows and as prefix + bodies, on CPU or GPU.
+bench's 100 x 256-word workload), run as full rows and packed (each prefix once), on CPU or GPU.
 
-``python -m bench.prefix_saving [--layers 4] [--rows 16] [--device cpu] [--json out.json]``
+``python -m bench.prefix_saving [--layers 4] [--rows 16] [--device cpu] [--compile] [--json out.json]``
 
 The model is Qwen3-Reranker-0.6B-shaped (``bench.make_qwen3_shaped``), with fewer layers for a quick
-CPU run: the saving per layer is the same. Also checks that both ways give the same scores.
+CPU run: the saving per layer is the same. Also checks that both ways give the same hidden states
+and, on CUDA, that the flash kernel's packed attention matches the reference loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import torch
 
 from bench.make_qwen3_shaped import QWEN3_06B, corpus
 from rerankd.adapters.formats import EncodeOptions, make_format
-from rerankd.adapters.prefix import plan_prefixes, shared_prefix_hidden
+from rerankd.adapters.prefix import (
+    _reference_varlen,
+    pack,
+    packed_hidden,
+    plan_prefixes,
+    shared_prefix_hidden,
+    use_packed_attention,
+)
 from rerankd.bench.workload import Workload
 from tests.fixtures.tiny_qwen3 import build
 
@@ -45,6 +53,41 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -
     return statistics.median(times), out
 
 
+def _profile(ways: dict[str, Callable[[], torch.Tensor]], device: torch.device) -> None:
+    """Where each way's time goes: the top kernels over three calls, and the device's busy share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for name, fn in ways.items():
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"--- {name}")
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=70))
+
+
+def _kernel_check(ids: list[list[int]], plan: Any, device: torch.device, dtype: torch.dtype) -> float | None:
+    """On CUDA in half precision: the flash kernel's packed attention against the reference loop
+    (in fp32) on random queries, keys and values of this batch's layout (16 query, 8 KV heads)."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return None
+    from rerankd.adapters.prefix import varlen_causal
+
+    p = pack(ids, plan)
+    t, n = p.input_ids.shape[1], p.kv_index.shape[0]
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(t, 16, 128, device=device, dtype=dtype, generator=gen)
+    k = torch.randn(t, 8, 128, device=device, dtype=dtype, generator=gen)[p.kv_index.to(device)]
+    v = torch.randn(t, 8, 128, device=device, dtype=dtype, generator=gen)[p.kv_index.to(device)]
+    assert k.shape[0] == n
+    fast = varlen_causal(q, k, v, p.cu_q.to(device), p.cu_k.to(device), p.bounds, 128**-0.5)
+    ref = _reference_varlen(q.float(), k.float(), v.float(), p.cu_q.tolist(), p.cu_k.tolist(), 128**-0.5)
+    return float((fast.float() - ref).abs().max())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.prefix_saving", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=4)
@@ -53,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="time both ways through torch.compile (dynamic)")
+    p.add_argument(
+        "--form",
+        choices=["packed", "two-passes"],
+        help="the shared-prefix form (default: the engine's for the device: packed on CUDA)",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="print the torch profiler's top kernels of both ways"
+    )
     p.add_argument("--json", dest="json_path", type=Path)
     ns = p.parse_args(argv)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(path)
         loaded: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model = loaded.to(device).eval()
+    use_packed_attention(model)
     decoder = model.get_decoder()
+    form = ns.form or ("packed" if device.type == "cuda" else "two-passes")
+    if ns.compile:
+        decoder = torch.compile(decoder, dynamic=True)
     fmt = make_format("llm-yes-no", tokenizer, 8192)
     query, docs = Workload(documents=ns.rows, doc_words=(ns.doc_words, ns.doc_words)).request(0)
     ids = fmt.encode(query, docs, EncodeOptions()).ids
@@ -81,11 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return out
 
     def shared() -> torch.Tensor:
+        if form == "packed":
+            return packed_hidden(decoder, ids, plan, move=lambda t: t.to(device))
         return shared_prefix_hidden(decoder, ids, plan, pad=0, device=device)
 
     with torch.inference_mode():
+        started = time.perf_counter()
+        full()
+        first_full = time.perf_counter() - started
+        started = time.perf_counter()
+        shared()
+        first_shared = time.perf_counter() - started
         t_full, h_full = _timed(full, ns.repeats, device)
         t_shared, h_shared = _timed(shared, ns.repeats, device)
+        kernel_diff = _kernel_check(ids, plan, device, dtype)
+        if ns.profile:
+            _profile({"full_rows": full, "shared_prefix": shared}, device)
     result = {
         "device": str(device),
         "dtype": ns.dtype,
@@ -94,10 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mean_tokens_per_pair": plan.total / len(ids),
         "shared_prefix_tokens": plan.length,
         "tokens_saved_share": plan.saved / plan.total,
+        "compiled": ns.compile,
+        "form": form,
+        "first_call_s": {"full_rows": first_full, "shared_prefix": first_shared},
         "full_rows_s": t_full,
         "shared_prefix_s": t_shared,
         "speedup": t_full / t_shared,
         "max_abs_diff_hidden": float((h_full.float() - h_shared.float()).abs().max()),
+        "max_abs_hidden": float(h_full.float().abs().max()),
+        "kernel_max_abs_diff": kernel_diff,
     }
     print(json.dumps(result, indent=2))
     if ns.json_path:

@@ -22,7 +22,13 @@ from rerankd.adapters.devices import expand_devices
 from rerankd.adapters.formats import EncodeOptions, LLMYesNoFormat, PairPromptFormat, make_format
 from rerankd.adapters.fp8 import fp8_supported, quantize_linears
 from rerankd.adapters.loader import ModelSource, read_json
-from rerankd.adapters.prefix import PrefixPlan, plan_prefixes, shared_prefix_hidden
+from rerankd.adapters.prefix import (
+    PrefixPlan,
+    packed_hidden,
+    plan_prefixes,
+    shared_prefix_hidden,
+    use_packed_attention,
+)
 from rerankd.adapters.scheduler import Finish, Replica, Runner
 from rerankd.config import BATCH_TOKENS_CPU, BATCH_TOKENS_GPU, MAX_BATCH_SIZE, MAX_QUEUE_SEQUENCES, Settings
 from rerankd.errors import ConfigError
@@ -334,6 +340,11 @@ def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
     rows = model.get_output_embeddings().weight[answers].detach().float().clone()
     # Gemma 2 squashes its output logits; the answer logits must be squashed the same way.
     cap = getattr(model.config, "final_logit_softcapping", None)
+    # Checked against the model card for Qwen3-style yes/no rerankers only (the fidelity tests);
+    # the other LLM families run whole rows.
+    share = engine.shared_prefix and src.format == "llm-yes-no"
+    if share:
+        use_packed_attention(model)  # before compiling: the compiled graph calls it
     decoder = _maybe_compile(engine, model.get_decoder())
 
     def answer(last: torch.Tensor) -> torch.Tensor:
@@ -351,16 +362,17 @@ def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
         return answer(hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1])
 
     def shared(ids: list[list[int]], plan: PrefixPlan) -> torch.Tensor:
-        # The same outputs as ``head``, the prefixes common to adjacent rows computed once.
+        # The same outputs as ``head``, the prefixes common to adjacent rows computed once: packed
+        # with flash attention on CUDA, two batched passes elsewhere (each measured the faster there).
+        if replica.device.type == "cuda":
+            return answer(packed_hidden(decoder, ids, plan, move=replica._to_device))
         return answer(
             shared_prefix_hidden(
                 decoder, ids, plan, pad=engine._pad_id, device=replica.device, move=replica._to_device
             )
         )
 
-    # Checked against the model card for Qwen3-style yes/no rerankers only (the fidelity tests);
-    # the other LLM families run whole rows.
-    if engine.shared_prefix and src.format == "llm-yes-no":
+    if share:
         replica.shared = shared
     return head
 

@@ -1,4 +1,4 @@
-"""Shared-prefix scoring: the split of a batch into runs, and the two-pass forward equal to full rows."""
+"""Shared-prefix scoring: the split of a batch into runs, and the packed forward pass equal to full rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from rerankd.adapters.formats import EncodeOptions
 from rerankd.adapters.loader import resolve_model
-from rerankd.adapters.prefix import plan_prefixes, shared_prefix_hidden
+from rerankd.adapters.prefix import (
+    pack,
+    packed_hidden,
+    plan_prefixes,
+    shared_prefix_hidden,
+    use_packed_attention,
+)
 from rerankd.adapters.torch_engine import TorchEngine
 from rerankd.config import ModelConfig
 from tests.fixtures.held_worker import queued_behind
@@ -51,30 +57,90 @@ def test_nothing_shared_or_too_little() -> None:
     assert plan_prefixes([[1, 2] + [3] * 18, [1, 2] + [4] * 18]) is None
 
 
-@pytest.fixture(scope="module")
-def decoder(tiny_qwen3_dir: Path) -> Any:
-    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
-    return model.get_decoder()
+def test_packed_layout() -> None:
+    """Each distinct prefix once, then the bodies; a body's keys are its prefix's, then its own."""
+    a, b = [*SYSTEM, 50], [*SYSTEM, 60, 61]
+    rows = [[*a, 1, 2], [*a, 3], [7, 8], [*b, 4], [*b, 5, 6]]
+    plan = plan_prefixes(rows, min_saving=0)
+    assert plan is not None
+    assert plan.length == [len(a), 0, len(b)]
+    p = pack(rows, plan)
+    na, nb = len(a), len(b)
+    assert p.input_ids[0].tolist() == [*a, *b, 1, 2, 3, 7, 8, 4, 5, 6]
+    # Positions continue after the row's prefix; the row alone starts at 0.
+    assert p.positions[0].tolist()[na + nb :] == [na, na + 1, na, 0, 1, nb, nb, nb + 1]
+    assert p.cu_q.tolist() == [
+        0,
+        na,
+        na + nb,
+        na + nb + 2,
+        na + nb + 3,
+        na + nb + 5,
+        na + nb + 6,
+        na + nb + 8,
+    ]
+    body = na + nb  # where the bodies start
+    keys = p.kv_index.tolist()
+    cu_k = p.cu_k.tolist()
+    assert keys[cu_k[2] : cu_k[3]] == [*range(na), body, body + 1]  # row 0: prefix a, then itself
+    assert keys[cu_k[4] : cu_k[5]] == [body + 3, body + 4]  # the row alone: itself only
+    assert keys[cu_k[6] : cu_k[7]] == [*range(na, na + nb), body + 6, body + 7]
+    assert p.bounds.tolist() == [nb, nb + 2]
+    assert p.last.tolist() == [body + 1, body + 2, body + 4, body + 5, body + 7]
 
 
-def test_two_passes_equal_full_rows(decoder: Any) -> None:
-    """Runs of different prefix lengths, a row alone, bodies of different lengths: every row's last
-    hidden state equals the one computed from its full row (fp32)."""
-    gen = torch.Generator().manual_seed(0)
+def _varied_rows(seed: int = 0) -> list[list[int]]:
+    """Runs of different prefix lengths, a row alone, bodies of different lengths."""
+    gen = torch.Generator().manual_seed(seed)
 
     def rand(n: int) -> list[int]:
         return torch.randint(3, 500, (n,), generator=gen).tolist()
 
     head_a, head_b = SYSTEM + rand(30), SYSTEM + rand(7)
-    rows = [head_a + rand(n) for n in (1, 9, 25)] + [rand(12)] + [head_b + rand(n) for n in (4, 40)]
+    return [head_a + rand(n) for n in (1, 9, 25)] + [rand(12)] + [head_b + rand(n) for n in (4, 40)]
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_qwen3_dir: Path) -> Any:
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
+    use_packed_attention(model)
+    return model.get_decoder()
+
+
+@pytest.mark.parametrize("form", ["packed", "two-passes"])
+def test_shared_prefixes_equal_full_rows(decoder: Any, form: str) -> None:
+    """Every row's last hidden state equals the one computed from its full row (fp32), in both
+    forms: packed (CUDA's; here through the reference attention loop) and two masked passes."""
+    rows = _varied_rows()
     plan = plan_prefixes(rows, min_saving=0)
     assert plan is not None
-    assert len(set(plan.length)) >= 2
+    assert len(set(plan.length)) >= 3  # two shared prefixes and a row alone
     with torch.inference_mode():
-        shared = shared_prefix_hidden(decoder, rows, plan, pad=0, device=torch.device("cpu"))
+        if form == "packed":
+            shared = packed_hidden(decoder, rows, plan, move=lambda t: t)
+        else:
+            shared = shared_prefix_hidden(decoder, rows, plan, pad=0, device=torch.device("cpu"))
         for r, row in enumerate(rows):
             full = decoder(input_ids=torch.tensor([row])).last_hidden_state[0, -1]
             assert torch.allclose(shared[r], full, atol=1e-4), r
+
+
+def test_one_compiled_graph_serves_every_packed_batch(decoder: Any) -> None:
+    """The sequence boundaries are data to the compiler, not constants: batches of other sizes and
+    splits reuse the graph instead of recompiling (a recompile stalls every request behind it)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    compiled = torch.compile(decoder, backend=counter, dynamic=True)
+    with torch.inference_mode():
+        for seed, take in ((0, 6), (1, 4), (2, 5), (3, 3)):
+            rows = _varied_rows(seed)[:take]
+            plan = plan_prefixes(rows, min_saving=0)
+            assert plan is not None
+            got = packed_hidden(compiled, rows, plan, move=lambda t: t)
+            want = packed_hidden(decoder, rows, plan, move=lambda t: t)
+            assert torch.allclose(got, want, atol=1e-5)
+    assert counter.frame_count == 1
 
 
 async def _two_requests(path: Path, queries: list[str], docs: list[str]) -> tuple[list[list[float]], float]:
