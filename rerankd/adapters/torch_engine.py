@@ -26,7 +26,6 @@ from rerankd.adapters.prefix import (
     PrefixPlan,
     packed_hidden,
     plan_prefixes,
-    shared_prefix_hidden,
     use_packed_attention,
 )
 from rerankd.adapters.scheduler import Finish, Replica, Runner
@@ -362,15 +361,8 @@ def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
         return answer(hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1])
 
     def shared(ids: list[list[int]], plan: PrefixPlan) -> torch.Tensor:
-        # The same outputs as ``head``, the prefixes common to adjacent rows computed once: packed
-        # with flash attention on CUDA, two batched passes elsewhere (each measured the faster there).
-        if replica.device.type == "cuda":
-            return answer(packed_hidden(decoder, ids, plan, move=replica._to_device))
-        return answer(
-            shared_prefix_hidden(
-                decoder, ids, plan, pad=engine._pad_id, device=replica.device, move=replica._to_device
-            )
-        )
+        # The same outputs as ``head``, the prefixes common to adjacent rows computed once.
+        return answer(packed_hidden(decoder, ids, plan, move=replica._to_device))
 
     if share:
         replica.shared = shared

@@ -16,7 +16,6 @@ from rerankd.adapters.prefix import (
     pack,
     packed_hidden,
     plan_prefixes,
-    shared_prefix_hidden,
     use_packed_attention,
 )
 from rerankd.adapters.torch_engine import TorchEngine
@@ -58,7 +57,8 @@ def test_nothing_shared_or_too_little() -> None:
 
 
 def test_packed_layout() -> None:
-    """Each distinct prefix once, then the bodies; a body's keys are its prefix's, then its own."""
+    """Each distinct prefix once, then the bodies; attention's rows gather a row's prefix, then its
+    body, and every packed token's output comes back from exactly one place."""
     a, b = [*SYSTEM, 50], [*SYSTEM, 60, 61]
     rows = [[*a, 1, 2], [*a, 3], [7, 8], [*b, 4], [*b, 5, 6]]
     plan = plan_prefixes(rows, min_saving=0)
@@ -66,27 +66,20 @@ def test_packed_layout() -> None:
     assert plan.length == [len(a), 0, len(b)]
     p = pack(rows, plan)
     na, nb = len(a), len(b)
-    assert p.input_ids[0].tolist() == [*a, *b, 1, 2, 3, 7, 8, 4, 5, 6]
+    packed = p.input_ids[0].tolist()
+    assert packed == [*a, *b, 1, 2, 3, 7, 8, 4, 5, 6]
     # Positions continue after the row's prefix; the row alone starts at 0.
     assert p.positions[0].tolist()[na + nb :] == [na, na + 1, na, 0, 1, nb, nb, nb + 1]
-    assert p.cu_q.tolist() == [
-        0,
-        na,
-        na + nb,
-        na + nb + 2,
-        na + nb + 3,
-        na + nb + 5,
-        na + nb + 6,
-        na + nb + 8,
-    ]
-    body = na + nb  # where the bodies start
-    keys = p.kv_index.tolist()
-    cu_k = p.cu_k.tolist()
-    assert keys[cu_k[2] : cu_k[3]] == [*range(na), body, body + 1]  # row 0: prefix a, then itself
-    assert keys[cu_k[4] : cu_k[5]] == [body + 3, body + 4]  # the row alone: itself only
-    assert keys[cu_k[6] : cu_k[7]] == [*range(na, na + nb), body + 6, body + 7]
-    assert p.bounds.tolist() == [nb, nb + 2]
-    assert p.last.tolist() == [body + 1, body + 2, body + 4, body + 5, body + 7]
+    width = max(map(len, rows))
+    assert p.rows.shape == (len(rows), width)
+    for r, row in enumerate(rows):
+        # Gathered, each row is its full row, right-padded.
+        assert [packed[i] for i in p.rows[r].tolist()[: len(row)]] == row
+        assert p.last[r] == p.rows[r, len(row) - 1]
+    back = p.back.tolist()
+    assert sorted(back) == sorted(set(back))  # one place each
+    flat = p.rows.reshape(-1).tolist()
+    assert [flat[i] for i in back] == list(range(len(packed)))
 
 
 def _varied_rows(seed: int = 0) -> list[list[int]]:
@@ -107,19 +100,14 @@ def decoder(tiny_qwen3_dir: Path) -> Any:
     return model.get_decoder()
 
 
-@pytest.mark.parametrize("form", ["packed", "two-passes"])
-def test_shared_prefixes_equal_full_rows(decoder: Any, form: str) -> None:
-    """Every row's last hidden state equals the one computed from its full row (fp32), in both
-    forms: packed (CUDA's; here through the reference attention loop) and two masked passes."""
+def test_shared_prefixes_equal_full_rows(decoder: Any) -> None:
+    """Every row's last hidden state equals the one computed from its full row (fp32)."""
     rows = _varied_rows()
     plan = plan_prefixes(rows, min_saving=0)
     assert plan is not None
     assert len(set(plan.length)) >= 3  # two shared prefixes and a row alone
     with torch.inference_mode():
-        if form == "packed":
-            shared = packed_hidden(decoder, rows, plan, move=lambda t: t)
-        else:
-            shared = shared_prefix_hidden(decoder, rows, plan, pad=0, device=torch.device("cpu"))
+        shared = packed_hidden(decoder, rows, plan, move=lambda t: t)
         for r, row in enumerate(rows):
             full = decoder(input_ids=torch.tensor([row])).last_hidden_state[0, -1]
             assert torch.allclose(shared[r], full, atol=1e-4), r
