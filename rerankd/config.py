@@ -291,16 +291,10 @@ class Settings(VLLMOptions, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     ] = False
     #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
     #: computed once and every row attends to its keys/values; false: every row is run whole.
-    #: Unset: on for CPU devices, off for CUDA, as measured (docs/benchmarks.md: on an H200 the
-    #: second pass cannot take the flash-attention kernel and the saving is lost; on CPU it pays).
+    #: On by default: it paid on the CPU and on an H200, eager and compiled (docs/benchmarks.md).
     shared_prefix: Annotated[
-        bool | None,
-        Flag(
-            "LLM rerankers: compute the prefix a request's pairs share once per batch",
-            "torch",
-            unset="on for CPU devices, off for CUDA",
-        ),
-    ] = None
+        bool, Flag("LLM rerankers: compute the prefix a request's pairs share once per batch", "torch")
+    ] = True
     #: Where ``--compile`` keeps its artifacts between starts, one folder per model fingerprint,
     #: torch version, device name, dtype and batch shape.
     compile_cache_dir: Annotated[

@@ -44,8 +44,8 @@ __all__ = [
     "use_packed_attention",
 ]
 
-#: Share only when at least this fraction of a batch's tokens is saved: below it the second pass
-#: and the masked attention cost more than the tokens they save.
+#: Share only when at least this fraction of a batch's tokens is saved: below it the gather into
+#: full rows and the scatter back cost more than the tokens they save.
 MIN_SAVING = 0.125
 
 

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Head = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-#: A head that scores rows sharing prefixes in two passes (``rerankd.adapters.prefix``).
+#: A head that scores rows sharing prefixes in one packed pass (``rerankd.adapters.prefix``).
 SharedHead = Callable[[list[list[int]], PrefixPlan], torch.Tensor]
 
 
@@ -83,7 +83,7 @@ class TorchEngine(BatchedEngine):
         max_queue: int = MAX_QUEUE_SEQUENCES,
         threads: int | None = None,
         compile: bool = False,
-        shared_prefix: bool | None = None,
+        shared_prefix: bool = True,
         compile_cache_dir: str | None = None,
         devices: Sequence[str] = (),
         fault_devices: Sequence[int] = (),
@@ -107,9 +107,8 @@ class TorchEngine(BatchedEngine):
             )
         #: FP8 projections (rerankd.adapters.fp8): another score, so another cache tag and compile cache.
         self.fp8 = quantize == "fp8"
-        #: Compute a prefix common to adjacent rows once per batch (LLM formats only); by default
-        #: on CPU only, where it was measured to pay (docs/benchmarks.md).
-        self.shared_prefix = shared_prefix if shared_prefix is not None else self.device.type == "cpu"
+        #: Compute a prefix common to adjacent rows once per batch (LLM formats only).
+        self.shared_prefix = shared_prefix
         self._threads = threads
         self._pad_id = 0
         if len(labels) > 1:
@@ -212,7 +211,7 @@ class _Replica:
         self.device = device
         self.label = label
         self.head: Head | None = None
-        #: The head's two-pass form over shared prefixes, where the format and setting allow it.
+        #: The head's packed form over shared prefixes, where the format and setting allow it.
         self.shared: SharedHead | None = None
 
     def setup(self) -> None:
