@@ -197,13 +197,15 @@ def inprocess_server(
     service: RerankService | None = None,
     engine_factory: EngineFactory | None = None,
     wait_ready: bool = True,
+    direct: bool = True,
 ) -> Iterator[InProcessServer]:
     """uvicorn on a thread; waits for ``/ready`` (or only ``/health`` when ``wait_ready`` is false).
-    ``engine_factory``: e.g. a real engine wrapped to count what it scores."""
+    ``engine_factory``: e.g. a real engine wrapped to count what it scores. ``direct=False``:
+    scoring requests go through Litestar's handler, not the direct routes."""
     service = service or RerankService(settings, engine_factory=engine_factory or build_engine)
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings, service=service), host="127.0.0.1", port=port, log_level="warning"
+        create_app(settings, service=service, direct=direct), host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -19,6 +19,7 @@ from rerankd.config import Settings
 from rerankd.errors import RerankdError
 from rerankd.proxy.apidocs import assets_router, swagger_plugin
 from rerankd.proxy.auth import open_paths
+from rerankd.proxy.direct import DirectRoutes
 from rerankd.proxy.errors import RerankdRequest, exception_handlers
 from rerankd.proxy.metrics import Metrics, metrics_endpoint
 from rerankd.proxy.middleware import RequestMiddleware
@@ -39,9 +40,12 @@ def create_app(
     service: RerankService | None = None,
     gate: Gate | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
+    direct: bool = True,
 ) -> Litestar:
     """Build the app. Models load in the background after start-up so ``/health`` answers at
-    once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``."""
+    once and ``/ready`` tells when scoring can begin; a load failure calls ``on_fatal``.
+    ``direct=False`` sends every scoring request through Litestar's handler instead of the direct
+    routes (the tests compare the two)."""
     svc = service or RerankService(settings)
     keys = gate or build_gate(settings, redis=svc.redis)
     metrics = Metrics(svc)
@@ -91,6 +95,7 @@ def create_app(
                 metrics=metrics,
                 service=svc,
                 open_paths=open_paths(metrics_auth=settings.metrics_auth),
+                direct=DirectRoutes(svc, max_body=settings.max_body_bytes) if direct else None,
             ),
         ],
         request_class=RerankdRequest,

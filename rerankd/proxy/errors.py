@@ -29,6 +29,7 @@ __all__ = [
     "error_response",
     "error_responses",
     "exception_handlers",
+    "handle_exception",
     "request_id_of",
 ]
 
@@ -147,3 +148,13 @@ exception_handlers: ExceptionHandlersMap = {
     HTTPException: _handle_http,
     Exception: _handle_unexpected,
 }
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """The response ``exception_handlers`` gives ``exc``, for code that answers outside Litestar's
+    handler machinery (the direct scoring routes)."""
+    if isinstance(exc, RerankdError):
+        return _handle_rerankd(request, exc)
+    if isinstance(exc, HTTPException):
+        return _handle_http(request, exc)
+    return _handle_unexpected(request, exc)

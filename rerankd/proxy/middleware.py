@@ -7,7 +7,9 @@ For every HTTP request that reached a route it
   limit, answering refusals itself (401, 429, 503 with the JSON error body);
 - settles the key's tokens and usage before the response starts, so the key's next request
   already sees them;
-- times the request and, when it ends, counts it and writes its log line (:mod:`.observe`).
+- times the request and, when it ends, counts it and writes its log line (:mod:`.observe`);
+- hands well-formed scoring requests to the direct routes (:mod:`.direct`), everything else to
+  Litestar's route.
 
 One layer instead of three: each ASGI layer costs a call frame and a ``send`` wrapper per
 message, and a fully cached request is cheap enough for that to show.
@@ -27,6 +29,7 @@ from rerankd.auth.gate import Gate
 from rerankd.errors import RerankdError
 from rerankd.proxy.auth import OPEN_PATHS, bearer_token
 from rerankd.proxy.context import CONTEXT_KEY, RequestContext, request_id_from
+from rerankd.proxy.direct import DirectRoutes
 from rerankd.proxy.errors import error_response
 from rerankd.proxy.metrics import Metrics
 from rerankd.proxy.observe import UNMATCHED, finish
@@ -46,8 +49,10 @@ class RequestMiddleware:
         metrics: Metrics,
         service: RerankService | None = None,
         open_paths: frozenset[str] = OPEN_PATHS,
+        direct: DirectRoutes | None = None,
     ) -> None:
         self.app = app
+        self.direct = direct
         self.gate = gate
         self.metrics = metrics
         self.service = service
@@ -103,7 +108,10 @@ class RequestMiddleware:
                     response = error_response(request, refusal).to_asgi_response(None, request)
                     await response(scope, receive, send_wrapped)
                     return
-            await self.app(scope, receive, send_wrapped)
+            if self.direct is not None and self.direct.serves(scope, template):
+                await self.direct(scope, receive, send_wrapped, template, self.app)
+            else:
+                await self.app(scope, receive, send_wrapped)
         finally:
             in_flight.dec()
             if ctx.key is not None and not ctx.settled:  # failed before any response started

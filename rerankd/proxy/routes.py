@@ -17,6 +17,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import SecurityRequirement
+from litestar.types import Receive, Scope
 
 from rerankd.auth.gate import Gate
 from rerankd.auth.keys import KeyRecord
@@ -31,7 +32,7 @@ from rerankd.proxy.paths import HEALTH, READY
 from rerankd.service import READ_WRITE, CachePolicy, RerankOutcome, RerankQuery, RerankService
 from rerankd.stages import StageTimes
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "answer"]
 
 AnyRequest = Request[Any, Any, Any]
 
@@ -68,25 +69,25 @@ RESPONSE_HEADERS = [
 ]
 
 
-def cache_policy(request: AnyRequest) -> CachePolicy:
+def cache_policy(scope: Scope) -> CachePolicy:
     """``Cache-Control: no-cache`` skips the cache read, ``no-store`` the write."""
-    value = header(request.scope["headers"], b"cache-control")
+    value = header(scope["headers"], b"cache-control")
     if not value:
         return READ_WRITE
     directives = {d.strip().lower() for d in value.decode("latin-1").split(",")}
     return CachePolicy(read="no-cache" not in directives, write="no-store" not in directives)
 
 
-def tenant_of(request: AnyRequest, ctx: RequestContext) -> str:
+def tenant_of(scope: Scope, ctx: RequestContext) -> str:
     """Who the engine's time is shared between: the API key's name, else the client's address."""
     if ctx.key is not None:
         return f"key:{ctx.key.name}"
-    client = request.scope.get("client")
+    client = scope.get("client")
     return f"addr:{client[0]}" if client else ""
 
 
-def _context(request: AnyRequest) -> RequestContext:
-    ctx = context_of(request.scope)
+def _context(scope: Scope) -> RequestContext:
+    ctx = context_of(scope)
     assert ctx is not None, "the request middleware runs on every route"
     return ctx
 
@@ -111,11 +112,11 @@ async def _reserve(
 
 
 async def _rerank(
-    request: AnyRequest, service: RerankService, queries: Sequence[RerankQuery]
+    scope: Scope, receive: Receive, service: RerankService, queries: Sequence[RerankQuery]
 ) -> list[RerankOutcome]:
     """Score, but stop as soon as the client disconnects so its queued work is dropped."""
-    ctx = _context(request)
-    policy, tenant = cache_policy(request), tenant_of(request, ctx)
+    ctx = _context(scope)
+    policy, tenant = cache_policy(scope), tenant_of(scope, ctx)
     documents = [d for q in queries for d in q.documents] if len(queries) > 1 else queries[0].documents
     limit = service.settings.max_documents
     if len(queries) > 1 and len(documents) > limit:
@@ -129,12 +130,12 @@ async def _rerank(
     rid = ctx.request_id
     if len(queries) == 1:
         work = service.rerank(queries[0], request_id=rid, cache=policy, tenant=tenant, stages=stages)
-        outcomes = [await until_disconnect(request.receive, work)]
+        outcomes = [await until_disconnect(receive, work)]
     else:
         many = asyncio.gather(
             *(service.rerank(q, request_id=rid, cache=policy, tenant=tenant, stages=stages) for q in queries)
         )
-        outcomes = await until_disconnect(request.receive, many)
+        outcomes = await until_disconnect(receive, many)
     ctx.outcome = outcomes[0] if len(outcomes) == 1 else _merged(outcomes)
     return outcomes
 
@@ -161,10 +162,8 @@ def _headers(
     return headers
 
 
-async def _warn_unknown(
-    request: AnyRequest, service: RerankService, dialect: Dialect[Any], reply: Reply
-) -> None:
-    names = unknown_fields(await request.body(), dialect.request_type)
+def _warn_unknown(body: bytes, service: RerankService, dialect: Dialect[Any], reply: Reply) -> None:
+    names = unknown_fields(body, dialect.request_type)
     if not names:
         return
     warnings = unknown_field_warnings(names, dialect.request_type)
@@ -173,20 +172,31 @@ async def _warn_unknown(
     reply.warnings += warnings
 
 
+async def answer(
+    dialect: Dialect[Any], data: Any, body: bytes, service: RerankService, scope: Scope, receive: Receive
+) -> tuple[Any, dict[str, str]]:
+    """One decoded scoring request answered: the response body and its headers. Both ways in
+    call it, Litestar's handler and the direct route (``rerankd.proxy.direct``)."""
+    reply = Reply(_context(scope).request_id)
+    _warn_unknown(body, service, dialect, reply)
+    queries = dialect.queries(data)
+    rule = dialect.long_query_rule(data)
+    for query in queries:
+        check_query_length(service, query, rule, reply)
+    outcomes = await _rerank(scope, receive, service, queries)
+    return dialect.respond(data, outcomes, reply), _headers(queries, outcomes, reply)
+
+
 def dialect_route(dialect: Dialect[Any]) -> HTTPRouteHandler:
     """The POST route of one dialect: its request struct in, its response out, same errors, key and
-    headers for all."""
+    headers for all. Well-formed requests are answered by the direct route before they get here;
+    this one serves the rest (Litestar's validation errors) and describes the route in OpenAPI."""
 
     async def handler(data: Any, service: RerankService, request: AnyRequest) -> Response[Any]:
-        reply = Reply(_context(request).request_id)
-        await _warn_unknown(request, service, dialect, reply)
-        queries = dialect.queries(data)
-        rule = dialect.long_query_rule(data)
-        for query in queries:
-            check_query_length(service, query, rule, reply)
-        outcomes = await _rerank(request, service, queries)
-        body = dialect.respond(data, outcomes, reply)
-        return Response(body, headers=_headers(queries, outcomes, reply))
+        body, headers = await answer(
+            dialect, data, await request.body(), service, request.scope, request.receive
+        )
+        return Response(body, headers=headers)
 
     # Litestar reads the handler's annotations for validation and the OpenAPI description: give it
     # this dialect's types, not Any.
