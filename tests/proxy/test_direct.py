@@ -131,3 +131,17 @@ def test_strict_mode_refuses_unknown_fields_the_same_way() -> None:
         ours, theirs = _send(direct.url, "/v2/rerank", body), _send(litestar.url, "/v2/rerank", body)
     assert ours.status_code == 422
     assert _same(_comparable(ours), _comparable(theirs))
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_litestar_refuses_it(
+    servers: tuple[InProcessServer, InProcessServer],
+) -> None:
+    raw = json.dumps({"query": "q", "documents": ["y" * 3000]}).encode()  # over the 2,048-byte limit
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(raw), 500):
+            yield raw[i : i + 500]
+
+    ours, theirs = (httpx.post(s.url + "/v2/rerank", content=chunks()) for s in servers)
+    assert ours.status_code == 413
+    assert _same(_comparable(ours), _comparable(theirs))
