@@ -21,6 +21,7 @@ from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from rerankd.proxy.context import header
 from rerankd.proxy.dialects import DIALECTS, Dialect
+from rerankd.proxy.dialects.base import unknown_fields
 from rerankd.proxy.errors import RerankdRequest, handle_exception
 from rerankd.proxy.routes import answer
 from rerankd.service import RerankService
@@ -36,10 +37,8 @@ class DirectRoutes:
     def __init__(self, service: RerankService, *, max_body: int) -> None:
         self.service = service
         self.max_body = max_body
-        self._routes: dict[str, tuple[Dialect[Any], msgspec.json.Decoder[Any]]] = {
-            path: (dialect, msgspec.json.Decoder(dialect.request_type, strict=False))
-            for dialect in DIALECTS
-            for path in dialect.paths
+        self._routes: dict[str, _Route] = {
+            path: _Route(dialect) for dialect in DIALECTS for path in dialect.paths
         }
         self._encoder = msgspec.json.Encoder()
 
@@ -48,23 +47,20 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, template: str, app: ASGIApp) -> None:
         """Answer the request, or pass it to ``app`` (Litestar's route) with its body replayed."""
-        dialect, decoder = self._routes[template]
+        route = self._routes[template]
         length = header(scope["headers"], b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await app(scope, receive, send)  # Litestar answers 400 or 413 before reading
             return
         read: list[ReceiveMessage] = []
         body = await self._read(receive, read)
-        data: Any = None
-        if body is not None:
-            # ValidationError is a DecodeError; either way Litestar words the 400.
-            with contextlib.suppress(msgspec.DecodeError, RecursionError):
-                data = decoder.decode(body)
-        if body is None or data is None:
+        decoded = None if body is None else route.decode(body)
+        if decoded is None:
             await app(scope, _replay(read, receive), send)
             return
+        data, unknown = decoded
         try:
-            reply, headers = await answer(dialect, data, body, self.service, scope, receive)
+            reply, headers = await answer(route.dialect, data, unknown, self.service, scope, receive)
             payload = self._encoder.encode(reply)
         except Exception as exc:  # mapped to a response in the one place that does it
             request = RerankdRequest(scope, receive)
@@ -93,6 +89,32 @@ class DirectRoutes:
                 return None
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Route:
+    """One dialect's decoders. Most bodies name no field the dialect lacks: a decoder that refuses
+    unknown fields settles that in the one decode, and only a body it refuses is decoded again
+    leniently and scanned for the names to warn of."""
+
+    def __init__(self, dialect: Dialect[Any]) -> None:
+        self.dialect = dialect
+        kind = dialect.request_type
+        closed = msgspec.defstruct(
+            kind.__name__, [], bases=(kind,), module=kind.__module__, forbid_unknown_fields=True
+        )
+        self._closed = msgspec.json.Decoder(closed, strict=False)
+        self._open = msgspec.json.Decoder(kind, strict=False)
+
+    def decode(self, body: bytes) -> tuple[Any, list[str]] | None:
+        """The request and its unknown top-level fields; ``None`` when the body does not decode.
+        ``ValidationError`` is a ``DecodeError``; Litestar words the 400 for a body refused here."""
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
+            return self._closed.decode(body), []
+        try:
+            data = self._open.decode(body)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        return data, unknown_fields(body, self.dialect.request_type)
 
 
 def _replay(messages: list[ReceiveMessage], receive: Receive) -> Receive:

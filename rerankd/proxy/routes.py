@@ -162,8 +162,7 @@ def _headers(
     return headers
 
 
-def _warn_unknown(body: bytes, service: RerankService, dialect: Dialect[Any], reply: Reply) -> None:
-    names = unknown_fields(body, dialect.request_type)
+def _warn_unknown(names: Sequence[str], service: RerankService, dialect: Dialect[Any], reply: Reply) -> None:
     if not names:
         return
     warnings = unknown_field_warnings(names, dialect.request_type)
@@ -173,12 +172,18 @@ def _warn_unknown(body: bytes, service: RerankService, dialect: Dialect[Any], re
 
 
 async def answer(
-    dialect: Dialect[Any], data: Any, body: bytes, service: RerankService, scope: Scope, receive: Receive
+    dialect: Dialect[Any],
+    data: Any,
+    unknown: Sequence[str],
+    service: RerankService,
+    scope: Scope,
+    receive: Receive,
 ) -> tuple[Any, dict[str, str]]:
-    """One decoded scoring request answered: the response body and its headers. Both ways in
-    call it, Litestar's handler and the direct route (``rerankd.proxy.direct``)."""
+    """One decoded scoring request answered (``unknown``: the body's top-level fields that its
+    dialect lacks): the response body and its headers. Both ways in call it, Litestar's handler
+    and the direct route (``rerankd.proxy.direct``)."""
     reply = Reply(_context(scope).request_id)
-    _warn_unknown(body, service, dialect, reply)
+    _warn_unknown(unknown, service, dialect, reply)
     queries = dialect.queries(data)
     rule = dialect.long_query_rule(data)
     for query in queries:
@@ -193,9 +198,8 @@ def dialect_route(dialect: Dialect[Any]) -> HTTPRouteHandler:
     this one serves the rest (Litestar's validation errors) and describes the route in OpenAPI."""
 
     async def handler(data: Any, service: RerankService, request: AnyRequest) -> Response[Any]:
-        body, headers = await answer(
-            dialect, data, await request.body(), service, request.scope, request.receive
-        )
+        unknown = unknown_fields(await request.body(), dialect.request_type)
+        body, headers = await answer(dialect, data, unknown, service, request.scope, request.receive)
         return Response(body, headers=headers)
 
     # Litestar reads the handler's annotations for validation and the OpenAPI description: give it
