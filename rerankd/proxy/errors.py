@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Request, Response
@@ -152,9 +152,7 @@ exception_handlers: ExceptionHandlersMap = {
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """The response ``exception_handlers`` gives ``exc``, for code that answers outside Litestar's
-    handler machinery (the direct scoring routes)."""
-    if isinstance(exc, RerankdError):
-        return _handle_rerankd(request, exc)
-    if isinstance(exc, HTTPException):
-        return _handle_http(request, exc)
-    return _handle_unexpected(request, exc)
+    handler machinery (the direct scoring routes): the handler of the nearest class in its MRO, as
+    Litestar picks it, so the map above stays the one list."""
+    kind = next(k for k in type(exc).__mro__ if k in exception_handlers)
+    return cast(Response[ErrorBody], exception_handlers[kind](request, exc))
