@@ -13,6 +13,8 @@
 #   bench/gpu.sh side-by-side                             # all of the last three: one run, < 10 min
 #   bench/gpu.sh warm-start [extra options]               # two --compile starts, a fresh cache folder
 #
+# COMPILE_SCOPE=model|layers (default: the server's, layers) picks what --compile compiles.
+#
 # Needs the server's wheels in .whl/ (see docs/benchmarks.md, "GPU") or the vLLM kit carried in
 # .carry/ (../shared/gpu-kit: it holds rerankd's wheels too); installs them into /tmp/site and
 # builds the model into /tmp/qwen3-shaped once per machine. Results go to $OUT (default ./out).
@@ -50,11 +52,12 @@ SIDE=(--model "$MODEL" --device cuda --dtype bfloat16 --concurrency 16 --documen
   --duration ${SECONDS_PER_RUN:-15} --warmup 5 --log-dir "$OUT/logs" --start-timeout 300)
 # Compile artifacts persist here between the two --compile starts (and while the machine stays warm).
 COMPILE_CACHE=${COMPILE_CACHE:-/tmp/rerankd-compile-cache}
+SCOPE=${COMPILE_SCOPE:+ --compile-scope $COMPILE_SCOPE}
 
 rerankd_pair() {  # $1: eager|compile|compile-fp8; then extra bench.compare options
   local mode=$1 flags="--engine torch --no-cache"
   shift
-  [ "$mode" != eager ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE"
+  [ "$mode" != eager ] && flags="$flags --compile --compile-cache-dir $COMPILE_CACHE$SCOPE"
   [ "$mode" = compile-fp8 ] && flags="$flags --quantize fp8"
   for prefix in ${PREFIXES:-shared-prefix no-shared-prefix}; do
     "$PY" -m bench.compare --servers rerankd --label "rerankd-$mode-$prefix" "${SIDE[@]}" \
@@ -100,9 +103,9 @@ case "$what" in
     # The first start compiles into an empty folder, the second reuses what the first saved.
     cache=$(mktemp -d /tmp/rerankd-compile-XXXXXX)
     for start in first second; do
-      "$PY" -m bench.compare --servers rerankd --label "rerankd-compile-$start-start" "${SIDE[@]}" \
-        --server-arg="--engine torch --no-cache --compile --compile-cache-dir $cache" \
-        --json "$OUT/rerankd-compile-$start-start.json" "$@"
+      "$PY" -m bench.compare --servers rerankd --label "rerankd-compile${COMPILE_SCOPE:+-$COMPILE_SCOPE}-$start-start" \
+        "${SIDE[@]}" --server-arg="--engine torch --no-cache --compile --compile-cache-dir $cache$SCOPE" \
+        --json "$OUT/rerankd-compile${COMPILE_SCOPE:+-$COMPILE_SCOPE}-$start-start.json" "$@"
     done
     ;;
   compare)

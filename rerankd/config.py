@@ -289,6 +289,12 @@ class Settings(VLLMOptions, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     compile: Annotated[
         bool, Flag("torch.compile the model (faster on GPU, slower start)", "torch", negatable=False)
     ] = False
+    #: ``layers``: the stack of identical layers is compiled as one graph that every layer runs
+    #: (a start compiles one layer, not the whole model); ``model``: the whole model as one graph.
+    compile_scope: Annotated[
+        Literal["layers", "model"],
+        Flag("what --compile compiles: one graph for the repeated layers, or the whole model", "torch"),
+    ] = "layers"
     #: LLM rerankers: a prefix common to adjacent rows of a batch (prompt, instruction, query) is
     #: computed once and every row attends to its keys/values; false: every row is run whole.
     #: On by default: it paid on the CPU and on an H200, eager and compiled (docs/benchmarks.md).

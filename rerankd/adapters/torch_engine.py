@@ -83,6 +83,7 @@ class TorchEngine(BatchedEngine):
         max_queue: int = MAX_QUEUE_SEQUENCES,
         threads: int | None = None,
         compile: bool = False,
+        compile_scope: str = "layers",
         shared_prefix: bool = True,
         compile_cache_dir: str | None = None,
         devices: Sequence[str] = (),
@@ -91,6 +92,10 @@ class TorchEngine(BatchedEngine):
         quantize: str = "none",
     ) -> None:
         self.compile = compile
+        if compile_scope not in ("layers", "model"):
+            raise ConfigError(f"compile scope {compile_scope!r}: layers or model")
+        #: ``layers``: each repeated layer compiled (one graph for all); ``model``: the whole model.
+        self.compile_scope = compile_scope
         self._compile_cache: CompileCache | None = None
         self._prefix_batches = 0
         self._prefix_saved = 0
@@ -138,6 +143,7 @@ class TorchEngine(BatchedEngine):
             # Not keyed by shared_prefix: without it the engine compiles a subset of the same graphs.
             shapes = f"batch<={max_batch_tokens or default_batch_tokens(self.device)}x{max_batch_size}"
             shapes += ",fp8" if self.fp8 else ""
+            shapes += ",whole" if compile_scope == "model" else ""
             self._compile_cache = CompileCache.for_engine(
                 base, fingerprint=source.fingerprint, device=self.device, dtype=self.dtype, shapes=shapes
             )
@@ -179,13 +185,22 @@ class TorchEngine(BatchedEngine):
                 self.dtype,
             )
             replica.head = _HEADS[src.format](self, src, replica)
+        opts = EncodeOptions()
         if n > 1:
             # The scheduler's warm-up reaches one replica: the first pass of each is paid here.
-            opts = EncodeOptions()
             warm = self.format.encode("warm-up", self.format.bound_texts(["warm-up document"], opts), opts)
             for replica in self._replicas:
                 replica.setup()
                 replica.run(warm.ids, warm.type_ids)()
+        if self.compile:
+            # A compiled graph specialises a batch of one row, and the scheduler's warm-up sends
+            # LLM pairs of one query down the shared-prefix path: compile full rows of several too.
+            texts = self.format.bound_texts(["warm-up document", "a longer warm-up document"], opts)
+            warm = self.format.encode("warm-up", texts, opts)
+            for replica in self._replicas:
+                replica.setup()
+                with torch.inference_mode():
+                    replica._padded_batch(warm.ids, warm.type_ids)
 
     @property
     def cache_tag(self) -> str:
@@ -321,8 +336,29 @@ def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource, device: 
 def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
     if not engine.compile:
         return module
+    if engine.compile_scope == "layers":
+        blocks = repeated_blocks(module)
+        if blocks:
+            # One graph serves every layer (their weights are its inputs): the compile costs one
+            # layer's, not the model's, which is what makes a start fast.
+            for block in blocks:
+                block.compile(dynamic=True)
+            log.info("compiling %d repeated %s layers as one graph", len(blocks), type(blocks[0]).__name__)
+            return module
     # dynamic=True: batch size and length vary with every batch; recompiling per shape would stall.
     return torch.compile(module, dynamic=True)
+
+
+def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of layers: the longest ``ModuleList`` of one class (a transformer's
+    decoder or encoder layers); empty when it has none."""
+    best: list[torch.nn.Module] = []
+    for child in module.modules():
+        if isinstance(child, torch.nn.ModuleList) and len(child) > len(best):
+            items = list(child)
+            if len(items) >= 2 and len({type(m) for m in items}) == 1:
+                best = items
+    return best
 
 
 def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
@@ -356,7 +392,7 @@ def _llm_head(engine: TorchEngine, src: ModelSource, replica: _Replica) -> Head:
         # No padding mask: rows are right-padded and attention is causal, so no real token can see
         # a pad, and positions count from 0 as they should. Without a mask SDPA can take its
         # flash-attention kernel. Only the last real token of each row is read.
-        hidden = decoder(input_ids=input_ids).last_hidden_state
+        hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
         return answer(hidden[torch.arange(hidden.shape[0], device=hidden.device), mask.sum(1) - 1])
 
     def shared(ids: list[list[int]], plan: PrefixPlan) -> torch.Tensor:
@@ -436,6 +472,7 @@ def build(source: ModelSource, settings: Settings) -> TorchEngine:
         max_queue=settings.max_queue_sequences,
         threads=settings.torch_threads or settings.threads,
         compile=settings.compile,
+        compile_scope=settings.compile_scope,
         shared_prefix=settings.shared_prefix,
         compile_cache_dir=settings.compile_cache_dir,
         devices=settings.devices,
