@@ -5,8 +5,10 @@ across concurrent requests), merge in request order, write the new scores back b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from rerankd.adapters.base import Engine, LocalEngine, ScoreResult
@@ -23,10 +25,29 @@ from rerankd.cache import (
 )
 from rerankd.cache.keys import Context
 from rerankd.doc_cache import DocEmbeddingCache
+from rerankd.errors import Timeout
 
 __all__ = ["READ_WRITE", "CachePolicy", "PairScorer", "Scored"]
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def _until(deadline: float | None) -> AsyncIterator[None]:
+    """``deadline`` (``time.monotonic()``) over the work that can wait: the engine and pairs that
+    another request is scoring; :class:`Timeout` when it passes. A fully cached request sets no
+    timer (the store has its own)."""
+    if deadline is None:
+        yield
+        return
+    timer = asyncio.timeout(deadline - time.monotonic())
+    try:
+        async with timer:
+            yield
+    except TimeoutError:
+        if timer.expired():
+            raise Timeout() from None
+        raise  # an engine's own, not the deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +143,8 @@ class PairScorer:
         deadline: float | None = None,
     ) -> Scored:
         if self.store is None:
-            r = await engine.score(query, documents, opts, deadline=deadline)
+            async with _until(deadline):
+                r = await engine.score(query, documents, opts, deadline=deadline)
             return Scored(r.scores, r.n_tokens, r.n_chunks)
         keys = pair_keys(context, query, documents, prefix=self.key_prefix)
         found: list[PairScore | None]
@@ -143,7 +165,8 @@ class PairScorer:
                 missing[keys[i]] = i
         fresh = _Fresh({}, 0)
         if missing:
-            fresh = await self._score_missing(engine, query, documents, opts, missing, policy, deadline)
+            async with _until(deadline):
+                fresh = await self._score_missing(engine, query, documents, opts, missing, policy, deadline)
         return _merge(keys, found, fresh)
 
     def _decode(self, raws: list[bytes | None]) -> list[PairScore | None]:
