@@ -285,7 +285,7 @@ class Settings(VLLMOptions, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     torch_threads: Annotated[
         PositiveInt | None, Flag("intra-op threads of the torch engine", "torch", unset="torch's choice")
     ] = None
-    #: torch.compile the model (GPU: about 2x throughput after a slower start).
+    #: torch.compile the model (GPU: about 2x throughput; a start compiles one layer, docs/engines.md).
     compile: Annotated[
         bool, Flag("torch.compile the model (faster on GPU, slower start)", "torch", negatable=False)
     ] = False
