@@ -334,9 +334,13 @@ def _load_model(engine: TorchEngine, auto_class: Any, src: ModelSource, device: 
 
 
 def _maybe_compile(engine: TorchEngine, module: Any) -> Any:
-    if not engine.compile:
-        return module
-    if engine.compile_scope == "layers":
+    return compile_model(module, engine.compile_scope) if engine.compile else module
+
+
+def compile_model(module: Any, scope: str = "layers") -> Any:
+    """``module`` compiled as ``compile_scope`` says (the engine's and the benchmarks' one way).
+    ``layers`` compiles the stack of layers in place and returns ``module`` itself."""
+    if scope == "layers":
         blocks = repeated_blocks(module)
         if blocks:
             # One graph serves every layer (their weights are its inputs): the compile costs one
