@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 from transformers import AutoModel, AutoModelForCausalLM
@@ -28,13 +29,21 @@ def test_the_layer_stack_of_each_family_is_found(tiny_qwen3_dir: Path) -> None:
     assert repeated_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2))) == []
 
 
-def test_compiled_layers_score_as_the_model_card_and_compile_nothing_after_start(
-    tiny_qwen3_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("scope", ["layers", "model"])
+def test_compiled_scores_equal_the_model_card_and_nothing_compiles_after_start(
+    tiny_qwen3_dir: Path, tmp_path: Path, scope: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="rerankd.adapters.torch_engine")
+
     async def run() -> tuple[list[list[float]], int, int, TorchEngine]:
         source = resolve_model(ModelConfig(name="tiny", path=str(tiny_qwen3_dir), max_length=120))
         engine = TorchEngine(
-            source, device="cpu", dtype="float32", compile=True, compile_cache_dir=str(tmp_path)
+            source,
+            device="cpu",
+            dtype="float32",
+            compile=True,
+            compile_scope=scope,
+            compile_cache_dir=str(tmp_path),
         )
         before = counters["stats"]["unique_graphs"]
         await engine.start()
@@ -52,7 +61,9 @@ def test_compiled_layers_score_as_the_model_card_and_compile_nothing_after_start
     assert after_start == 0  # a compile while serving stalls every request behind it
     # One graph per path (a row alone, full rows, packed rows), not one per layer: two layers here.
     assert 1 <= at_start <= 3
-    assert engine.compile_scope == "layers"
+    assert engine.compile_scope == scope
+    layered = "compiling 2 repeated Qwen3DecoderLayer layers as one graph" in caplog.text
+    assert layered == (scope == "layers")
     for k, got in zip((1, 4, 3, 2), scores, strict=False):
         ref = model_card_scores(tiny_qwen3_dir, QUERY, DOCS[:k], max_length=120)
         assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) < 1e-4
