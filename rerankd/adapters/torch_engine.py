@@ -185,22 +185,25 @@ class TorchEngine(BatchedEngine):
                 self.dtype,
             )
             replica.head = _HEADS[src.format](self, src, replica)
+        if n > 1 or self.compile:
+            self._warm_every_path()
+
+    def _warm_every_path(self) -> None:
+        """Each replica's first pass of every path a batch can take: a row alone, one request's
+        rows (shared prefix, where the format has one) and full rows of several. The scheduler's
+        warm-up reaches one replica, and a compiled graph specialises a batch of one row, so
+        without this a replica or a path would pay its first pass (a compile) on live traffic."""
         opts = EncodeOptions()
-        if n > 1:
-            # The scheduler's warm-up reaches one replica: the first pass of each is paid here.
-            warm = self.format.encode("warm-up", self.format.bound_texts(["warm-up document"], opts), opts)
-            for replica in self._replicas:
-                replica.setup()
-                replica.run(warm.ids, warm.type_ids)()
-        if self.compile:
-            # A compiled graph specialises a batch of one row, and the scheduler's warm-up sends
-            # LLM pairs of one query down the shared-prefix path: compile full rows of several too.
-            texts = self.format.bound_texts(["warm-up document", "a longer warm-up document"], opts)
-            warm = self.format.encode("warm-up", texts, opts)
-            for replica in self._replicas:
-                replica.setup()
+        docs = ["warm-up document", "a longer warm-up document"]
+        one = self.format.encode("warm-up", self.format.bound_texts(docs[:1], opts), opts)
+        two = self.format.encode("warm-up", self.format.bound_texts(docs, opts), opts)
+        for replica in self._replicas:
+            replica.setup()
+            replica.run(one.ids, one.type_ids)()
+            replica.run(two.ids, two.type_ids)()
+            if replica.shared is not None:
                 with torch.inference_mode():
-                    replica._padded_batch(warm.ids, warm.type_ids)
+                    replica._padded_batch(two.ids, two.type_ids)
 
     @property
     def cache_tag(self) -> str:
