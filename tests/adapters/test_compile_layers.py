@@ -57,7 +57,6 @@ def test_compiled_scores_equal_the_model_card_and_nothing_compiles_after_start(
             await engine.close()
 
     scores, at_start, after_start, engine = asyncio.run(run())
-    print("graphs at start", at_start, "after", after_start)
     assert after_start == 0  # a compile while serving stalls every request behind it
     # One graph per path (a row alone, full rows, packed rows), not one per layer: two layers here.
     assert 1 <= at_start <= 3
